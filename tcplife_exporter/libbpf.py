@@ -1,0 +1,258 @@
+"""A thin ctypes binding to libbpf.so.1: only the calls this project makes.
+
+libbpf's own log is captured instead of going to stderr, so that a failure
+can be reported as one sentence with the relevant log lines kept for
+``--verbose``/debug logging.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+from collections.abc import Callable
+from ctypes import (
+    CFUNCTYPE,
+    POINTER,
+    c_char_p,
+    c_int,
+    c_int64,
+    c_size_t,
+    c_uint32,
+    c_void_p,
+)
+
+from .errors import TcplifeError
+
+log = logging.getLogger(__name__)
+
+LIBBPF_NAME = "libbpf.so.1"
+
+_LIBBPF_WARN, _LIBBPF_INFO = 0, 1
+_PrintFn = CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
+_SampleFn = CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t)
+
+# (name, result type, argument types) of every libbpf function used.
+_PROTOTYPES: list[tuple[str, object, list[object]]] = [
+    ("libbpf_set_print", c_void_p, [_PrintFn]),
+    ("libbpf_num_possible_cpus", c_int, []),
+    ("bpf_object__open_file", c_void_p, [c_char_p, c_void_p]),
+    ("bpf_object__load", c_int, [c_void_p]),
+    ("bpf_object__close", None, [c_void_p]),
+    ("bpf_object__btf", c_void_p, [c_void_p]),
+    ("bpf_object__find_map_by_name", c_void_p, [c_void_p, c_char_p]),
+    ("bpf_object__next_map", c_void_p, [c_void_p, c_void_p]),
+    ("bpf_object__find_program_by_name", c_void_p, [c_void_p, c_char_p]),
+    ("bpf_map__name", c_char_p, [c_void_p]),
+    ("bpf_map__fd", c_int, [c_void_p]),
+    ("bpf_map__set_max_entries", c_int, [c_void_p, c_uint32]),
+    ("bpf_map__value_size", c_uint32, [c_void_p]),
+    ("bpf_map__initial_value", c_void_p, [c_void_p, POINTER(c_size_t)]),
+    ("bpf_program__attach", c_void_p, [c_void_p]),
+    ("bpf_link__destroy", c_int, [c_void_p]),
+    ("bpf_map_lookup_elem", c_int, [c_int, c_void_p, c_void_p]),
+    ("btf__find_by_name_kind", c_int, [c_void_p, c_char_p, c_uint32]),
+    ("btf__type_by_id", c_void_p, [c_void_p, c_uint32]),
+    ("btf__name_by_offset", c_char_p, [c_void_p, c_uint32]),
+    ("btf__resolve_size", c_int64, [c_void_p, c_uint32]),
+    ("btf__resolve_type", c_int, [c_void_p, c_uint32]),
+    ("ring_buffer__new", c_void_p, [c_int, _SampleFn, c_void_p, c_void_p]),
+    ("ring_buffer__poll", c_int, [c_void_p, c_int]),
+    ("ring_buffer__consume", c_int, [c_void_p]),
+    ("ring_buffer__free", None, [c_void_p]),
+]
+
+
+class LibbpfLog:
+    """libbpf's messages since the last ``clear()``, warnings and info only."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def clear(self) -> None:
+        self.lines = []
+
+    def tail(self, count: int = 5) -> str:
+        return "; ".join(line.strip() for line in self.lines[-count:])
+
+
+libbpf_log = LibbpfLog()
+_lib: ctypes.CDLL | None = None
+_libc = ctypes.CDLL(None)
+_libc.vsnprintf.argtypes = [c_char_p, c_size_t, c_char_p, c_void_p]
+
+
+@_PrintFn
+def _on_libbpf_print(level: int, fmt: bytes, args: int) -> int:
+    buf = ctypes.create_string_buffer(2048)
+    _libc.vsnprintf(buf, len(buf), fmt, args)
+    line = buf.value.decode(errors="replace").rstrip("\n")
+    log.debug("libbpf: %s", line)
+    if level <= _LIBBPF_INFO:
+        libbpf_log.lines.append(line)
+    return 0
+
+
+def lib() -> ctypes.CDLL:
+    """libbpf, loaded and typed on first use."""
+    global _lib
+    if _lib is None:
+        _lib = _load()
+    return _lib
+
+
+def _load() -> ctypes.CDLL:
+    try:
+        handle = ctypes.CDLL(LIBBPF_NAME, use_errno=True)
+    except OSError:
+        raise TcplifeError(
+            f"{LIBBPF_NAME} was not found: install libbpf 1.x "
+            "(Debian/Ubuntu: apt install libbpf1; Fedora/RHEL: dnf install libbpf)"
+        ) from None
+    for name, restype, argtypes in _PROTOTYPES:
+        try:
+            fn = getattr(handle, name)
+        except AttributeError:
+            raise TcplifeError(
+                f"{LIBBPF_NAME} lacks {name}(): libbpf 1.0 or newer is needed"
+            ) from None
+        fn.restype = restype
+        fn.argtypes = argtypes
+    handle.libbpf_set_print(_on_libbpf_print)
+    return handle
+
+
+def errno_text(code: int) -> str:
+    return os.strerror(abs(code)) if code else "unknown error"
+
+
+def num_possible_cpus() -> int:
+    count = lib().libbpf_num_possible_cpus()
+    if count <= 0:
+        raise TcplifeError(f"cannot count possible CPUs: {errno_text(count)}")
+    return count
+
+
+class RingBuffer:
+    """A libbpf ring buffer whose records are handed to ``on_record`` as bytes."""
+
+    def __init__(self, map_fd: int, on_record: Callable[[bytes], None]) -> None:
+        def sample(_ctx: int, data: int, size: int) -> int:
+            on_record(ctypes.string_at(data, size))
+            return 0
+
+        self._callback = _SampleFn(sample)  # must outlive the ring buffer
+        self._ptr = lib().ring_buffer__new(map_fd, self._callback, None, None)
+        if not self._ptr:
+            raise TcplifeError(
+                f"cannot open the ring buffer: {errno_text(ctypes.get_errno())}"
+            )
+
+    def poll(self, timeout_ms: int) -> int:
+        """Wait up to timeout_ms for a wake-up, then drain whatever is there.
+
+        The BPF side wakes us only when enough data is waiting, so a poll that
+        times out must still consume what arrived without a wake-up.
+        """
+        count = lib().ring_buffer__poll(self._ptr, timeout_ms)
+        if count == 0:
+            count = lib().ring_buffer__consume(self._ptr)
+        if count < 0 and count != -4:  # -EINTR: a signal arrived; not an error
+            raise TcplifeError(f"reading the ring buffer failed: {errno_text(count)}")
+        return max(count, 0)
+
+    def close(self) -> None:
+        if self._ptr:
+            lib().ring_buffer__free(self._ptr)
+            self._ptr = None
+
+
+class BpfObject:
+    """A BPF object file: opened, configured, loaded into the kernel, attached."""
+
+    def __init__(self, path: str) -> None:
+        self._lib = lib()
+        self._links: list[int] = []
+        libbpf_log.clear()
+        self._ptr = self._lib.bpf_object__open_file(path.encode(), None)
+        if not self._ptr:
+            raise TcplifeError(
+                f"cannot open BPF object {path}: {errno_text(ctypes.get_errno())}"
+            )
+
+    @property
+    def btf_ptr(self) -> int:
+        return self._lib.bpf_object__btf(self._ptr)
+
+    def _map(self, name: str) -> int:
+        found = self._lib.bpf_object__find_map_by_name(self._ptr, name.encode())
+        if not found:
+            raise TcplifeError(f"the BPF object has no map named {name!r}")
+        return found
+
+    def internal_map_data(self, section: str) -> ctypes.Array:
+        """The writable initial contents of a data section such as .rodata."""
+        size = c_size_t()
+        address = self._lib.bpf_map__initial_value(self._map(section), ctypes.byref(size))
+        if not address:
+            raise TcplifeError(f"the BPF object's {section} section cannot be written")
+        return (ctypes.c_char * size.value).from_address(address)
+
+    def set_max_entries(self, map_name: str, entries: int) -> None:
+        err = self._lib.bpf_map__set_max_entries(self._map(map_name), entries)
+        if err:
+            raise TcplifeError(f"cannot size map {map_name} to {entries}: {errno_text(err)}")
+
+    def map_fd(self, map_name: str) -> int:
+        fd = self._lib.bpf_map__fd(self._map(map_name))
+        if fd < 0:
+            raise TcplifeError(f"map {map_name} is not loaded")
+        return fd
+
+    def map_value_size(self, map_name: str) -> int:
+        return self._lib.bpf_map__value_size(self._map(map_name))
+
+    def load(self) -> None:
+        libbpf_log.clear()
+        err = self._lib.bpf_object__load(self._ptr)
+        if err == 0:
+            return
+        if -err in (1, 13):  # EPERM, EACCES
+            raise TcplifeError(
+                "the kernel refused to load the BPF program (permission denied): "
+                "run as root or with CAP_BPF and CAP_PERFMON"
+            )
+        raise TcplifeError(
+            f"the kernel rejected the BPF program ({errno_text(err)}): {libbpf_log.tail()}"
+        )
+
+    def attach(self, program: str) -> None:
+        prog = self._lib.bpf_object__find_program_by_name(self._ptr, program.encode())
+        if not prog:
+            raise TcplifeError(f"the BPF object has no program named {program!r}")
+        libbpf_log.clear()
+        link = self._lib.bpf_program__attach(prog)
+        if not link:
+            raise TcplifeError(
+                f"cannot attach BPF program {program}: "
+                f"{errno_text(ctypes.get_errno())} ({libbpf_log.tail(2)})"
+            )
+        self._links.append(link)
+
+    def lookup(self, map_name: str, key: ctypes._SimpleCData, value: ctypes.Array) -> None:
+        err = self._lib.bpf_map_lookup_elem(
+            self.map_fd(map_name), ctypes.byref(key), ctypes.byref(value)
+        )
+        if err:
+            raise TcplifeError(
+                f"reading map {map_name} failed: {errno_text(ctypes.get_errno())}"
+            )
+
+    def close(self) -> None:
+        for link in self._links:
+            self._lib.bpf_link__destroy(link)
+        self._links = []
+        if self._ptr:
+            self._lib.bpf_object__close(self._ptr)
+            self._ptr = None

@@ -1,0 +1,52 @@
+"""Checks that turn the usual reasons a BPF tool cannot start into one sentence."""
+
+from __future__ import annotations
+
+import os
+
+from .errors import TcplifeError
+
+KERNEL_BTF = "/sys/kernel/btf/vmlinux"
+
+CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+
+
+def effective_capabilities(status_path: str = "/proc/self/status") -> int:
+    with open(status_path) as status:
+        for line in status:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def missing_capabilities(effective: int) -> list[str]:
+    """What is missing to load and attach a tracing program, [] if nothing.
+
+    CAP_BPF and CAP_PERFMON (Linux 5.8+) suffice; CAP_SYS_ADMIN covers both.
+    """
+    if effective & (1 << CAP_SYS_ADMIN):
+        return []
+    wanted = {"CAP_BPF": CAP_BPF, "CAP_PERFMON": CAP_PERFMON}
+    return [name for name, bit in wanted.items() if not effective & (1 << bit)]
+
+
+def check_kernel_btf(path: str = KERNEL_BTF) -> None:
+    if not os.path.exists(path):
+        raise TcplifeError(
+            f"this kernel exposes no BTF ({path} is missing): "
+            "tcplife needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (Linux 5.5 or newer)"
+        )
+
+
+def check_privileges() -> None:
+    missing = missing_capabilities(effective_capabilities())
+    if missing:
+        raise TcplifeError(
+            "tracing TCP sessions needs root, or CAP_BPF and CAP_PERFMON; "
+            f"this process lacks {' and '.join(missing)}"
+        )
+
+
+def check_all() -> None:
+    check_privileges()
+    check_kernel_btf()

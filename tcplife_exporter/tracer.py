@@ -1,0 +1,146 @@
+"""Load the session tracer into the kernel and read what it reports.
+
+Data flow: TracerOptions -> .rodata of the BPF object (set before load) ->
+kernel program on inet_sock_set_state -> ring buffer -> Session objects.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib import resources
+
+from . import preflight
+from .btf import Btf
+from .errors import TcplifeError
+from .libbpf import BpfObject, RingBuffer, num_possible_cpus
+from .records import RecordDecoder, Session
+
+PROGRAM = "inet_sock_set_state"
+PORT_BITMAP_BYTES = 65536 // 8
+
+
+def bpf_object_path() -> str:
+    path = resources.files(__package__) / "bpf" / "tcplife.bpf.o"
+    if not path.is_file():
+        raise TcplifeError(
+            f"the compiled BPF program {path} is missing: build it with 'make build' "
+            "(needs clang and libbpf-dev) or reinstall the package"
+        )
+    return str(path)
+
+
+@dataclass(frozen=True)
+class SessionFilter:
+    """Which sessions the kernel reports; empty means all. Applied before load."""
+
+    pid: int = 0
+    family: int = 0  # 4 or 6; 0 for both
+    local_ports: frozenset[int] = field(default_factory=frozenset)
+    remote_ports: frozenset[int] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True)
+class TracerOptions:
+    filter: SessionFilter = field(default_factory=SessionFilter)
+    emit_records: bool = True
+    max_sessions: int = 65536  # concurrently open sessions tracked
+    ringbuf_bytes: int = 4 << 20  # a power of two, at least a page
+    wakeup_bytes: int = 64 << 10  # wake the reader once this much is waiting
+
+
+def port_bitmap(ports: Iterable[int]) -> bytes:
+    bitmap = bytearray(PORT_BITMAP_BYTES)
+    for port in ports:
+        bitmap[port >> 3] |= 1 << (port & 7)
+    return bytes(bitmap)
+
+
+def rodata_values(options: TracerOptions) -> dict[str, int | bytes]:
+    """The program's const volatile globals for these options."""
+    flt = options.filter
+    return {
+        "emit_records": int(options.emit_records),
+        "filter_tgid": flt.pid,
+        "filter_family": flt.family,
+        "filter_lports": int(bool(flt.local_ports)),
+        "filter_rports": int(bool(flt.remote_ports)),
+        "lport_bitmap": port_bitmap(flt.local_ports),
+        "rport_bitmap": port_bitmap(flt.remote_ports),
+        "ringbuf_wakeup_bytes": options.wakeup_bytes,
+    }
+
+
+class SessionTracer:
+    """The BPF program attached, and its closed sessions handed to ``on_session``."""
+
+    def __init__(
+        self, options: TracerOptions, on_session: Callable[[Session], None] | None = None
+    ) -> None:
+        preflight.check_all()
+        self._obj = BpfObject(bpf_object_path())
+        self._ring: RingBuffer | None = None
+        try:
+            self._setup(options, on_session)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, options: TracerOptions, on_session: Callable[[Session], None] | None) -> None:
+        btf = Btf(self._obj.btf_ptr)
+        decoder = RecordDecoder(btf)
+        self._counter_ids = {
+            name.removeprefix("COUNTER_").lower(): value
+            for name, value in btf.enum("counter").items()
+            if name != "COUNTER_MAX"
+        }
+        self._write_rodata(btf, rodata_values(options))
+        self._obj.set_max_entries("sessions", options.max_sessions)
+        self._obj.set_max_entries("records", options.ringbuf_bytes)
+        self._obj.load()
+        self._obj.attach(PROGRAM)
+        if options.emit_records and on_session is not None:
+            self._ring = RingBuffer(
+                self._obj.map_fd("records"), lambda data: on_session(decoder.decode(data))
+            )
+
+    def _write_rodata(self, btf: Btf, values: dict[str, int | bytes]) -> None:
+        data = self._obj.internal_map_data(".rodata")
+        variables = btf.section_variables(".rodata")
+        for name, value in values.items():
+            var = variables.get(name)
+            if var is None:
+                raise TcplifeError(f"the BPF program has no setting named {name!r}")
+            raw = value if isinstance(value, bytes) else value.to_bytes(var.size, "little")
+            if len(raw) != var.size:
+                raise TcplifeError(f"setting {name!r} takes {var.size} bytes, not {len(raw)}")
+            data[var.offset : var.offset + var.size] = raw
+
+    def poll(self, timeout_ms: int = 100) -> int:
+        """Deliver waiting sessions; returns how many."""
+        if self._ring is None:
+            raise TcplifeError("this tracer was started without a session consumer")
+        return self._ring.poll(timeout_ms)
+
+    def lost(self) -> dict[str, int]:
+        """Everything the kernel side could not deliver, by cause, summed over CPUs."""
+        cpus = num_possible_cpus()
+        per_cpu = (ctypes.c_uint64 * cpus)()
+        totals = {}
+        for name, index in self._counter_ids.items():
+            self._obj.lookup("counters", ctypes.c_uint32(index), per_cpu)
+            totals[name] = sum(per_cpu)
+        return totals
+
+    def close(self) -> None:
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        self._obj.close()
+
+    def __enter__(self) -> SessionTracer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
