@@ -1,0 +1,107 @@
+"""Turn sessions into output lines: bcc tcplife's columns, its CSV, or JSON."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+from .records import Session
+
+UNKNOWN = "-"
+
+
+@dataclass(frozen=True)
+class OutputStyle:
+    wide: bool = False
+    csv: bool = False
+    json: bool = False
+    clock_time: bool = False  # -T: HH:MM:SS
+    timestamp: bool = False  # -t: seconds since the first session
+
+
+class Clock:
+    """Converts the kernel's CLOCK_MONOTONIC stamps to wall-clock time."""
+
+    def __init__(self) -> None:
+        self._offset_ns = time.time_ns() - time.monotonic_ns()
+
+    def epoch_seconds(self, monotonic_ns: int) -> float:
+        return (monotonic_ns + self._offset_ns) / 1e9
+
+
+def _kib(count: int) -> int:
+    return count // 1024
+
+
+def _ms(session: Session) -> str:
+    if session.duration_ns is None:
+        return UNKNOWN
+    return f"{session.duration_ns / 1e6:.2f}"
+
+
+class Formatter:
+    """Header and lines for one output style."""
+
+    def __init__(self, style: OutputStyle, clock: Clock | None = None) -> None:
+        self.style = style
+        self._clock = clock or Clock()
+        self._first_ns: int | None = None
+
+    def header(self) -> str | None:
+        style = self.style
+        if style.json:
+            return None
+        if style.csv:
+            prefix = ("TIME," if style.clock_time else "") + ("TIME(s)," if style.timestamp else "")
+            return prefix + "PID,COMM,IP,LADDR,LPORT,RADDR,RPORT,TX_KB,RX_KB,MS"
+        return self._time_prefix("TIME", "TIME(s)") + self._columns(
+            ("PID", "COMM", "IP", "LADDR", "LPORT", "RADDR", "RPORT", "TX_KB", "RX_KB", "MS")
+        )
+
+    def line(self, session: Session) -> str:
+        if self.style.json:
+            return self._json(session)
+        if self._first_ns is None:
+            self._first_ns = session.close_ns
+        clock = time.strftime("%H:%M:%S", time.localtime(self._clock.epoch_seconds(session.close_ns)))
+        since_first = f"{(session.close_ns - self._first_ns) / 1e9:.3f}"
+        fields = (
+            str(session.pid) if session.pid else UNKNOWN,
+            session.comm or UNKNOWN,
+            str(session.family),
+            session.laddr,
+            str(session.lport),
+            session.raddr,
+            str(session.rport),
+            str(_kib(session.tx_bytes)),
+            str(_kib(session.rx_bytes)),
+            _ms(session),
+        )
+        if self.style.csv:
+            prefix = (clock + "," if self.style.clock_time else "") + (
+                since_first + "," if self.style.timestamp else ""
+            )
+            return prefix + ",".join(fields)
+        return self._time_prefix(clock, since_first) + self._columns(fields)
+
+    def _time_prefix(self, clock: str, since_first: str) -> str:
+        prefix = f"{clock:<8} " if self.style.clock_time else ""
+        return prefix + (f"{since_first:<9} " if self.style.timestamp else "")
+
+    def _columns(self, fields: tuple[str, ...]) -> str:
+        pid, comm, ip, laddr, lport, raddr, rport, tx_kb, rx_kb, ms = fields
+        if self.style.wide:
+            return (
+                f"{pid:<7} {comm[:12]:<12} {ip:<2} {laddr:<39} {lport:<5} "
+                f"{raddr:<39} {rport:<5} {tx_kb:>6} {rx_kb:>6} {ms}"
+            )
+        return (
+            f"{pid:<5} {comm[:10]:<10} {laddr:<15} {lport:<5} "
+            f"{raddr:<15} {rport:<5} {tx_kb:>5} {rx_kb:>5} {ms}"
+        )
+
+    def _json(self, session: Session) -> str:
+        record = session.as_json()
+        record["time"] = round(self._clock.epoch_seconds(record.pop("close_ns")), 6)
+        return json.dumps(record, ensure_ascii=False)

@@ -1,0 +1,97 @@
+"""Run ``tcplife`` as a user would and collect what it prints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+TCPLIFE = [sys.executable, "-m", "tcplife_exporter.tcplife_cli"]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+READY_TEXT = "Tracing TCP sessions"
+
+
+class TcplifeProcess:
+    """A running ``tcplife`` whose output lines are collected as they come."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.args = args
+        self.lines: list[str] = []
+        self.errors: list[str] = []
+        self.returncode: int | None = None
+        self._cond = threading.Condition()
+
+    def __enter__(self) -> TcplifeProcess:
+        self.proc = subprocess.Popen(
+            TCPLIFE + self.args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, errors="replace",
+        )
+        self._readers = [
+            threading.Thread(target=self._read, args=(stream, sink), daemon=True)
+            for stream, sink in ((self.proc.stdout, self.lines), (self.proc.stderr, self.errors))
+        ]
+        for reader in self._readers:
+            reader.start()
+        self._wait_ready()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.stop()
+
+    @property
+    def stderr(self) -> str:
+        with self._cond:
+            return "\n".join(self.errors)
+
+    def stop(self, sig: int = signal.SIGINT) -> int:
+        self.proc.send_signal(sig)
+        self.returncode = self.proc.wait(timeout=10)
+        for reader in self._readers:
+            reader.join(timeout=10)
+        return self.returncode
+
+    def _read(self, stream, sink: list[str]) -> None:
+        for line in stream:
+            with self._cond:
+                sink.append(line.rstrip("\n"))
+                self._cond.notify_all()
+
+    def _wait_ready(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while READY_TEXT not in self.stderr:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                for reader in self._readers:
+                    reader.join(timeout=2)
+                raise AssertionError(f"tcplife did not start ({self.proc.poll()}): {self.stderr}")
+            with self._cond:
+                self._cond.wait(0.05)
+
+    def sessions(self) -> list[dict]:
+        with self._cond:
+            return [json.loads(line) for line in self.lines if line.startswith("{")]
+
+    def wait_for(self, predicate: Callable[[list[dict]], bool], timeout: float = 10) -> list[dict]:
+        """Sessions so far, once ``predicate`` holds for them (or at the timeout)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.sessions()
+            if predicate(found) or time.monotonic() > deadline:
+                return found
+            with self._cond:
+                self._cond.wait(0.05)
+
+    def matching(self, lport: int, rport: int, count: int = 1, timeout: float = 10) -> list[dict]:
+        """The sessions with these ports, waiting until ``count`` have arrived."""
+
+        def pick(found: list[dict]) -> list[dict]:
+            return [s for s in found if s["lport"] == lport and s["rport"] == rport]
+
+        return pick(self.wait_for(lambda found: len(pick(found)) >= count, timeout))
