@@ -18,24 +18,27 @@ KIND_INT, KIND_ARRAY, KIND_STRUCT, KIND_ENUM, KIND_DATASEC = 1, 3, 4, 6, 15
 _MODIFIER_KINDS = {8, 9, 10, 11, 18}  # typedef, volatile, const, restrict, type_tag
 
 
+_U32 = ctypes.c_uint32
+
+
 class _BtfType(ctypes.Structure):
-    _fields_ = [("name_off", ctypes.c_uint32), ("info", ctypes.c_uint32), ("size", ctypes.c_uint32)]
+    _fields_ = [("name_off", _U32), ("info", _U32), ("size", _U32)]
 
 
 class _Member(ctypes.Structure):
-    _fields_ = [("name_off", ctypes.c_uint32), ("type", ctypes.c_uint32), ("offset", ctypes.c_uint32)]
+    _fields_ = [("name_off", _U32), ("type", _U32), ("offset", _U32)]
 
 
 class _EnumValue(ctypes.Structure):
-    _fields_ = [("name_off", ctypes.c_uint32), ("val", ctypes.c_int32)]
+    _fields_ = [("name_off", _U32), ("val", ctypes.c_int32)]
 
 
 class _Array(ctypes.Structure):
-    _fields_ = [("type", ctypes.c_uint32), ("index_type", ctypes.c_uint32), ("nelems", ctypes.c_uint32)]
+    _fields_ = [("type", _U32), ("index_type", _U32), ("nelems", _U32)]
 
 
 class _VarSecinfo(ctypes.Structure):
-    _fields_ = [("type", ctypes.c_uint32), ("offset", ctypes.c_uint32), ("size", ctypes.c_uint32)]
+    _fields_ = [("type", _U32), ("offset", _U32), ("size", _U32)]
 
 
 _INT_SIGNED = 1
@@ -115,7 +118,7 @@ class Btf:
 
     def _int_encoding(self, type_id: int) -> int:
         address = ctypes.addressof(self._type(type_id)) + ctypes.sizeof(_BtfType)
-        return (ctypes.c_uint32.from_address(address).value >> 24) & 0x0F
+        return (_U32.from_address(address).value >> 24) & 0x0F
 
     def struct(self, name: str) -> tuple[int, list[Field]]:
         """The size of ``struct name`` and its fields in offset order."""

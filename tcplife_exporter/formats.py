@@ -64,7 +64,8 @@ class Formatter:
             return self._json(session)
         if self._first_ns is None:
             self._first_ns = session.close_ns
-        clock = time.strftime("%H:%M:%S", time.localtime(self._clock.epoch_seconds(session.close_ns)))
+        epoch = self._clock.epoch_seconds(session.close_ns)
+        clock = time.strftime("%H:%M:%S", time.localtime(epoch))
         since_first = f"{(session.close_ns - self._first_ns) / 1e9:.3f}"
         fields = (
             str(session.pid) if session.pid else UNKNOWN,

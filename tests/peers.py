@@ -39,6 +39,7 @@ class Plan:
     server_comm: str = "tl-server"
     client_netns: str | None = None
     server_netns: str | None = None
+    pause: bool = False  # after the exchange, wait for run_session's `between`
 
 
 @dataclass
@@ -117,8 +118,12 @@ def _wait_all_acked(sock: socket.socket) -> None:
         time.sleep(0.001)
 
 
-def _finish(sock: socket.socket, me: str, plan: Plan, ready, end: End) -> None:
+def _finish(sock: socket.socket, me: str, plan: Plan, sync, end: End) -> None:
     """Close as the plan says, reading whatever the peer still sends."""
+    ready, paused = sync
+    if plan.pause:
+        paused.wait()  # both ends and the test are here
+        paused.wait()  # the test has done its part
     if plan.abort:
         # A reset discards unacknowledged data: make "sent" mean delivered.
         _wait_all_acked(sock)
@@ -138,7 +143,7 @@ def _describe(sock: socket.socket, end: End) -> None:
     end.raddr, end.rport = sock.getpeername()[:2]
 
 
-def _server(plan: Plan, port_queue, ready, results) -> None:
+def _server(plan: Plan, port_queue, sync, results) -> None:
     end = End(pid=os.getpid(), comm=plan.server_comm)
     try:
         _enter(plan.server_comm, plan.server_netns)
@@ -153,14 +158,14 @@ def _server(plan: Plan, port_queue, ready, results) -> None:
         end.received = _receive(sock, plan.client_sends)
         end.sent = _send(sock, plan.server_sends)
         time.sleep(plan.hold_s)
-        _finish(sock, "server", plan, ready, end)
+        _finish(sock, "server", plan, sync, end)
     except Exception as err:  # reported to the test, which fails with it
         end.error = repr(err)
         port_queue.put(0)
     results.put(("server", end))
 
 
-def _client(plan: Plan, port_queue, ready, results) -> None:
+def _client(plan: Plan, port_queue, sync, results) -> None:
     end = End(pid=os.getpid(), comm=plan.client_comm)
     try:
         _enter(plan.client_comm, plan.client_netns)
@@ -173,23 +178,32 @@ def _client(plan: Plan, port_queue, ready, results) -> None:
         end.sent = _send(sock, plan.client_sends)
         end.received = _receive(sock, plan.server_sends)
         time.sleep(plan.hold_s)
-        _finish(sock, "client", plan, ready, end)
+        _finish(sock, "client", plan, sync, end)
     except Exception as err:
         end.error = repr(err)
     results.put(("client", end))
 
 
-def run_session(plan: Plan, timeout: float = 60) -> Result:
-    """Run one session to its end; both ends' views of it."""
+def run_session(plan: Plan, timeout: float = 60, between=None) -> Result:
+    """Run one session to its end; both ends' views of it.
+
+    With ``plan.pause``, ``between()`` runs while the session is established
+    and idle, before either end closes.
+    """
     ctx = multiprocessing.get_context("spawn")
     port_queue, results = ctx.Queue(), ctx.Queue()
-    ready = ctx.Barrier(2)
+    paused = ctx.Barrier(3)
+    sync = (ctx.Barrier(2), paused)
     procs = [
-        ctx.Process(target=target, args=(plan, port_queue, ready, results))
+        ctx.Process(target=target, args=(plan, port_queue, sync, results))
         for target in (_server, _client)
     ]
     for proc in procs:
         proc.start()
+    if plan.pause:
+        paused.wait(timeout)
+        between()
+        paused.wait(timeout)
     ends = dict(results.get(timeout=timeout) for _ in procs)
     for proc in procs:
         proc.join(timeout)

@@ -21,8 +21,9 @@ READY_TEXT = "Tracing TCP sessions"
 class TcplifeProcess:
     """A running ``tcplife`` whose output lines are collected as they come."""
 
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, args: list[str], prefix: list[str] = ()) -> None:
         self.args = args
+        self.prefix = list(prefix)  # e.g. setpriv to drop privileges
         self.lines: list[str] = []
         self.errors: list[str] = []
         self.returncode: int | None = None
@@ -30,8 +31,8 @@ class TcplifeProcess:
 
     def __enter__(self) -> TcplifeProcess:
         self.proc = subprocess.Popen(
-            TCPLIFE + self.args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, errors="replace",
+            self.prefix + TCPLIFE + self.args, cwd=REPO, text=True, errors="replace",
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
         self._readers = [
             threading.Thread(target=self._read, args=(stream, sink), daemon=True)

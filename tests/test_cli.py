@@ -1,0 +1,164 @@
+"""The tcplife command as a user runs it: output formats, options, signals, errors."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import signal
+import socket
+import subprocess
+
+import pytest
+
+from .peers import Plan, run_session
+from .tracing import REPO, TCPLIFE, TcplifeProcess
+
+HEADER = "PID   COMM       LADDR           LPORT RADDR           RPORT TX_KB RX_KB MS"
+
+
+def run_tcplife(args: list[str], prefix: list[str] = (), timeout: float = 30):
+    return subprocess.run([*prefix, *TCPLIFE, *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def one_session(proc: TcplifeProcess, **plan) -> tuple[object, list[str]]:
+    """Run a session and wait for both of its lines."""
+    before = len(proc.lines)
+    result = run_session(Plan(**plan))
+    port = str(result.server.lport)
+
+    def arrived() -> list[str]:
+        return [line for line in proc.lines[before:] if port in line]
+
+    proc.wait_for(lambda _: len(arrived()) >= 2)
+    return result, arrived()
+
+
+def test_default_columns_match_bcc():
+    with TcplifeProcess([]) as proc:
+        result, lines = one_session(proc, client_sends=4096, server_sends=10 * 1024 + 5,
+                                    hold_s=0.02)
+        assert proc.lines[0] == HEADER
+    by_pid = {int(line.split()[0]): line.split() for line in lines}
+    client = by_pid[result.client.pid]
+    assert client[1:6] == ["tl-client", "127.0.0.1", str(result.client.lport),
+                              "127.0.0.1", str(result.server.lport)]
+    assert client[6:8] == ["4", "10"]  # TX_KB, RX_KB
+    assert 20.0 <= float(client[8]) < 1000.0  # MS
+    server = by_pid[result.server.pid]
+    assert server[1] == "tl-server" and server[6:8] == ["10", "4"]
+
+
+def test_wide_csv_and_time_columns():
+    with TcplifeProcess(["-w", "-T", "-t"]) as proc:
+        _, lines = one_session(proc, family=6, server_addr="::1")
+        assert proc.lines[0].split() == ["TIME", "TIME(s)", "PID", "COMM", "IP", "LADDR",
+                                         "LPORT", "RADDR", "RPORT", "TX_KB", "RX_KB", "MS"]
+        fields = lines[0].split()
+        assert re.fullmatch(r"\d\d:\d\d:\d\d", fields[0]) and float(fields[1]) >= 0
+        assert fields[4] == "6" and fields[5] == "::1"
+    with TcplifeProcess(["-s", "-T", "-t"]) as proc:
+        _, lines = one_session(proc, client_sends=2048)
+        assert proc.lines[0] == ("TIME,TIME(s),PID,COMM,IP,LADDR,LPORT,RADDR,RPORT,"
+                                 "TX_KB,RX_KB,MS")
+        fields = lines[0].split(",")
+        assert len(fields) == 12 and fields[4] == "4" and fields[5] == "127.0.0.1"
+
+
+def test_json_keys_and_types(tcplife):
+    result = run_session(Plan(client_sends=5, server_sends=6))
+    (record,) = tcplife.matching(result.client.lport, result.client.rport)
+    expected = {"pid": int, "comm": str, "family": int, "laddr": str, "lport": int,
+                "raddr": str, "rport": int, "direction": str, "birth_seen": bool,
+                "duration_ns": int, "tx_bytes": int, "rx_bytes": int}
+    for key, kind in expected.items():
+        assert isinstance(record[key], kind), (key, record)
+    line = next(line for line in tcplife.lines if json.loads(line) == record)
+    assert "\n" not in line
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signals_exit_cleanly(sig):
+    with TcplifeProcess(["--json"]) as proc:
+        assert proc.stop(sig) == 0
+    assert "Traceback" not in proc.stderr
+
+
+def test_works_in_a_pipe_that_closes():
+    # `tcplife | head -2`: the header and one line, then a clean exit.
+    pipeline = subprocess.Popen(
+        f"{' '.join(TCPLIFE)} | head -2", shell=True, cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        for _ in range(200):
+            if pipeline.poll() is not None:
+                break
+            socket.create_connection(listener.getsockname()).close()
+            listener.accept()[0].close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                pipeline.wait(0.05)
+    out, err = pipeline.communicate(timeout=10)
+    assert out.splitlines()[0] == HEADER and len(out.splitlines()) == 2
+    assert "Traceback" not in err
+
+
+BAD_OPTIONS = [
+    (["-L", "0"], "invalid port '0'"),
+    (["-D", "70000"], "invalid port '70000'"),
+    (["-L", "80,http"], "invalid port 'http'"),
+    (["-p", "-5"], "expected one argument"),
+    (["-p", "abc"], "invalid PID 'abc'"),
+    (["-4", "-6"], "not allowed with argument"),
+    (["--json", "-s"], "choose one"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_OPTIONS)
+def test_bad_options_one_clear_line(args, message):
+    done = run_tcplife(args)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("tcplife: error:")
+
+
+def test_unprivileged_user_gets_a_clear_message():
+    done = run_tcplife([], prefix=["setpriv", "--reuid=nobody", "--regid=nogroup",
+                                   "--clear-groups", "--inh-caps=-all"])
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "tcplife: tracing TCP sessions needs root, or CAP_BPF and CAP_PERFMON; "
+        "this process lacks CAP_BPF and CAP_PERFMON")
+
+
+def test_bpf_and_perfmon_capabilities_are_enough():
+    caps = "+bpf,+perfmon"
+    args = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+            f"--inh-caps={caps}", f"--ambient-caps={caps}", "--bounding-set=-all," + caps]
+    with TcplifeProcess(["--json"], prefix=args) as proc:
+        result = run_session(Plan(client_sends=3))
+        assert proc.matching(result.client.lport, result.client.rport)
+
+
+def in_mount_namespace(setup: str) -> list[str]:
+    """Run tcplife in a private mount namespace after `setup` (a shell command)."""
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            f'{setup} && exec "$@"', "sh"]
+
+
+def test_kernel_without_btf():
+    done = run_tcplife([], prefix=in_mount_namespace("mount -t tmpfs none /sys/kernel/btf"))
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "tcplife: this kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing): tcplife "
+        "needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (Linux 5.5 or newer)")
+
+
+def test_libbpf_missing():
+    hide = ("for lib in $(ldconfig -p | awk '/libbpf.so.1 /{print $NF}'); do "
+            "mount --bind /dev/null $(readlink -f $lib); done")
+    done = run_tcplife([], prefix=in_mount_namespace(hide))
+    assert done.returncode == 1
+    assert done.stderr.strip().startswith("tcplife: libbpf.so.1 was not found: install")

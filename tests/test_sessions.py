@@ -1,0 +1,85 @@
+"""Sessions opened before tcplife started, and many sessions in a row."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import socket
+import threading
+
+from .peers import Plan, run_session
+from .test_accuracy import assert_owned
+from .tracing import TcplifeProcess
+
+
+def test_session_opened_before_tcplife_started():
+    started = {}
+
+    def start_tcplife() -> None:
+        started["proc"] = TcplifeProcess(["--json"]).__enter__()
+
+    plan = Plan(client_sends=777, server_sends=3333, pause=True)
+    result = run_session(plan, between=start_tcplife)
+    proc = started["proc"]
+    try:
+        (client,) = proc.matching(result.client.lport, result.client.rport)
+        (server,) = proc.matching(result.server.lport, result.server.rport)
+    finally:
+        proc.stop()
+    for record, end, direction in ((client, result.client, "outbound"),
+                                   (server, result.server, "inbound")):
+        assert record["birth_seen"] is False and record["duration_ns"] is None, record
+        assert (record["tx_bytes"], record["rx_bytes"]) == (end.sent, end.received), record
+        # Inferred from the socket's counters: only an active opener's SYN is acked.
+        assert record["direction"] == direction, record
+        assert_owned(record, end)  # both closed in their own context
+
+
+def _serve(listener: socket.socket, count: int, size: int) -> None:
+    for _ in range(count):
+        conn, _ = listener.accept()
+        with conn:
+            got = 0
+            while got < size:
+                got += len(conn.recv(size - got))
+            conn.sendall(b"s" * size)
+            conn.recv(1)  # the client's FIN
+
+
+def _connect_many(port: int, count: int, size: int) -> None:
+    for _ in range(count):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"c" * size)
+            got = 0
+            while got < size:
+                got += len(sock.recv(size - got))
+
+
+def test_ten_thousand_sessions_none_lost_none_duplicated(tcplife):
+    count, size = 10_000, 100
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128)
+        port = listener.getsockname()[1]
+        server = threading.Thread(target=_serve, args=(listener, count, size))
+        server.start()
+        client = multiprocessing.get_context("spawn").Process(
+            target=_connect_many, args=(port, count, size))
+        client.start()
+        client.join(120)
+        server.join(120)
+        assert client.exitcode == 0
+
+    def ours(found: list[dict]) -> tuple[list[dict], list[dict]]:
+        inbound = [s for s in found if s["lport"] == port]
+        outbound = [s for s in found if s["rport"] == port]
+        return inbound, outbound
+
+    found = tcplife.wait_for(lambda f: sum(map(len, ours(f))) >= 2 * count, timeout=30)
+    inbound, outbound = ours(found)
+    assert len(inbound) == len(outbound) == count
+    assert len({s["rport"] for s in inbound}) == count  # no duplicates
+    assert len({s["lport"] for s in outbound}) == count
+    assert all(s["pid"] == client.pid for s in outbound)
+    assert all(s["pid"] == os.getpid() for s in inbound)
+    assert all((s["tx_bytes"], s["rx_bytes"]) == (size, size) for s in inbound + outbound)
