@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import struct
+import time
+
 import pytest
 
 from .peers import Plan, Result, run_session
@@ -88,3 +93,38 @@ def test_owner_of_each_end(tcplife, closer, abort):
         assert_unknown_or_owned(server, result.server)
     else:
         assert_owned(server, result.server)
+
+
+def tcp_counters(sock: socket.socket) -> tuple[int, int]:
+    """tcpi_bytes_acked and tcpi_bytes_received from TCP_INFO."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 136)
+    return struct.unpack_from("QQ", info, 120)
+
+
+def test_fin_never_acknowledged(tcplife):
+    # Our FIN waits behind data that the peer's full receive window never
+    # takes; the peer then resets. Only what was acknowledged counts as sent.
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        sender = socket.create_connection(listener.getsockname())
+        receiver, _ = listener.accept()
+    sender.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            sender.send(b"x" * 65536)
+    time.sleep(0.2)
+    sender.shutdown(socket.SHUT_WR)  # FIN_WAIT1, the FIN queued behind unsent data
+    time.sleep(0.2)
+    acked, _ = tcp_counters(sender)
+    _, received = tcp_counters(receiver)
+    assert acked - 1 == received, "the receiver acknowledged all it received"
+    sent_port, peer_port = sender.getsockname()[1], sender.getpeername()[1]
+    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    receiver.close()
+    sender.close()
+    (record,) = tcplife.matching(sent_port, peer_port)
+    assert (record["tx_bytes"], record["rx_bytes"]) == (received, 0), record
+    (peer,) = tcplife.matching(peer_port, sent_port)
+    assert (peer["tx_bytes"], peer["rx_bytes"]) == (0, received), peer
