@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
+import signal
 import socket
 import threading
+import time
 
 from .peers import Plan, run_session
 from .test_accuracy import assert_owned
@@ -83,3 +86,41 @@ def test_ten_thousand_sessions_none_lost_none_duplicated(tcplife):
     assert all(s["pid"] == client.pid for s in outbound)
     assert all(s["pid"] == os.getpid() for s in inbound)
     assert all((s["tx_bytes"], s["rx_bytes"]) == (size, size) for s in inbound + outbound)
+
+
+def _serve_and_close_first(listener: socket.socket, count: int) -> None:
+    # The server closes first, so TIME_WAIT lands on its side and the client's
+    # ephemeral ports are free again at once.
+    for _ in range(count):
+        conn, _ = listener.accept()
+        conn.close()
+
+
+def _connect_and_wait_close(port: int, count: int) -> None:
+    for _ in range(count):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.recv(1)
+
+
+def test_ring_buffer_drops_are_counted_and_reported():
+    # 4 MiB of ring holds ~40k records: a stopped reader must lose some of 60k.
+    count = 30_000
+    with TcplifeProcess(["--json"]) as proc, socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(512)
+        port = listener.getsockname()[1]
+        proc.proc.send_signal(signal.SIGSTOP)
+        server = threading.Thread(target=_serve_and_close_first, args=(listener, count))
+        server.start()
+        _connect_and_wait_close(port, count)
+        server.join(60)
+        proc.proc.send_signal(signal.SIGCONT)
+        time.sleep(1)
+        assert proc.stop() == 0
+    ours = [s for s in proc.sessions() if port in (s["lport"], s["rport"])]
+    match = re.search(r"tcplife: (\d+) sessions not printed because the ring buffer was full",
+                      proc.stderr)
+    assert match, proc.stderr
+    dropped = int(match.group(1))
+    assert 0 < len(ours) < 2 * count
+    assert len(ours) + dropped >= 2 * count

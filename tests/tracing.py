@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 TCPLIFE = [sys.executable, "-m", "tcplife_exporter.tcplife_cli"]
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = Path(__file__).resolve().parent.parent
 
 
 READY_TEXT = "Tracing TCP sessions"
@@ -21,9 +21,10 @@ READY_TEXT = "Tracing TCP sessions"
 class TcplifeProcess:
     """A running ``tcplife`` whose output lines are collected as they come."""
 
-    def __init__(self, args: list[str], prefix: list[str] = ()) -> None:
-        self.args = args
-        self.prefix = list(prefix)  # e.g. setpriv to drop privileges
+    def __init__(self, args: list[str], prefix: list[str] = (),
+                 command: list[str] = TCPLIFE, cwd: str | Path = REPO) -> None:
+        self.argv = [*prefix, *command, *args]  # prefix: e.g. setpriv to drop privileges
+        self.cwd = cwd
         self.lines: list[str] = []
         self.errors: list[str] = []
         self.returncode: int | None = None
@@ -31,7 +32,7 @@ class TcplifeProcess:
 
     def __enter__(self) -> TcplifeProcess:
         self.proc = subprocess.Popen(
-            self.prefix + TCPLIFE + self.args, cwd=REPO, text=True, errors="replace",
+            self.argv, cwd=self.cwd, text=True, errors="replace",
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
         self._readers = [
