@@ -60,6 +60,8 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
+#define EEXIST 17
+
 static __always_inline void count(enum counter which)
 {
 	__u32 key = which;
@@ -147,6 +149,7 @@ static __always_inline int owner_seen(const struct sock *sk)
 {
 	struct session *s, fresh;
 	__u64 key = (__u64)sk;
+	long err;
 
 	if (!in_owner_context(sk) || sk->sk_protocol != IPPROTO_TCP)
 		return 0;
@@ -159,7 +162,8 @@ static __always_inline int owner_seen(const struct sock *sk)
 	/* Opened before the tracer: keep at least who closed it. */
 	__builtin_memset(&fresh, 0, sizeof(fresh));
 	remember_owner(&fresh);
-	if (bpf_map_update_elem(&sessions, &key, &fresh, BPF_NOEXIST))
+	err = bpf_map_update_elem(&sessions, &key, &fresh, BPF_NOEXIST);
+	if (err && err != -EEXIST)	/* EEXIST: another CPU was first, nothing lost */
 		count(COUNTER_SESSION_MAP_FULL);
 	return 0;
 }

@@ -128,3 +128,25 @@ def test_fin_never_acknowledged(tcplife):
     assert (record["tx_bytes"], record["rx_bytes"]) == (received, 0), record
     (peer,) = tcplife.matching(peer_port, sent_port)
     assert (peer["tx_bytes"], peer["rx_bytes"]) == (0, received), peer
+
+
+@pytest.mark.parametrize("client_family", [socket.AF_INET, socket.AF_INET6])
+def test_ipv4_on_a_dual_stack_socket_is_reported_as_ipv4(tcplife, client_family):
+    # An IPv6 socket talking to an IPv4 peer sends IPv4: report family 4, plain addresses.
+    with socket.socket(socket.AF_INET6) as listener:
+        listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        listener.bind(("::", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        target = "127.0.0.1" if client_family == socket.AF_INET else "::ffff:127.0.0.1"
+        with socket.socket(client_family) as client:
+            client.connect((target, port))
+            client.sendall(b"abc")
+            server, _ = listener.accept()
+            with server:
+                assert server.recv(3) == b"abc"
+            client_port = client.getsockname()[1]
+    for lport, rport in ((client_port, port), (port, client_port)):
+        (record,) = tcplife.matching(lport, rport)
+        assert (record["family"], record["laddr"], record["raddr"]) == (
+            4, "127.0.0.1", "127.0.0.1"), record

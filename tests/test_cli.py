@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 
 import pytest
 
@@ -124,20 +127,38 @@ def test_bad_options_one_clear_line(args, message):
     assert done.stderr.strip().splitlines()[-1].startswith("tcplife: error:")
 
 
-def test_unprivileged_user_gets_a_clear_message():
-    done = run_tcplife([], prefix=["setpriv", "--reuid=nobody", "--regid=nogroup",
-                                   "--clear-groups", "--inh-caps=-all"])
+@pytest.fixture(scope="module")
+def readable_copy():
+    """The package copied where any user can read it (the checkout may be private)."""
+    root = tempfile.mkdtemp(prefix="tcplife-")
+    os.chmod(root, 0o755)
+    shutil.copytree(REPO / "tcplife_exporter", os.path.join(root, "tcplife_exporter"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    yield root
+    shutil.rmtree(root)
+
+
+def as_nobody(caps: str = "") -> list[str]:
+    """setpriv arguments for user nobody holding exactly ``caps`` (e.g. "+bpf")."""
+    if not caps:
+        return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                "--inh-caps=-all"]
+    return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+            f"--inh-caps={caps}", f"--ambient-caps={caps}", f"--bounding-set=-all,{caps}"]
+
+
+def test_unprivileged_user_gets_a_clear_message(readable_copy):
+    done = subprocess.run([*as_nobody(), *TCPLIFE], cwd=readable_copy, capture_output=True,
+                          text=True, timeout=30)
     assert done.returncode == 1
     assert done.stderr.strip() == (
         "tcplife: tracing TCP sessions needs root, or CAP_BPF and CAP_PERFMON; "
         "this process lacks CAP_BPF and CAP_PERFMON")
 
 
-def test_bpf_and_perfmon_capabilities_are_enough():
-    caps = "+bpf,+perfmon"
-    args = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-            f"--inh-caps={caps}", f"--ambient-caps={caps}", "--bounding-set=-all," + caps]
-    with TcplifeProcess(["--json"], prefix=args) as proc:
+def test_bpf_and_perfmon_capabilities_are_enough(readable_copy):
+    with TcplifeProcess(["--json"], prefix=as_nobody("+bpf,+perfmon"),
+                        cwd=readable_copy) as proc:
         result = run_session(Plan(client_sends=3))
         assert proc.matching(result.client.lport, result.client.rport)
 
