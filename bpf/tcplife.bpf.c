@@ -231,30 +231,19 @@ static __always_inline long wakeup_flag(void)
 	return BPF_RB_NO_WAKEUP;
 }
 
-static __always_inline void emit_record(const struct sock *sk, const struct tcp_sock *tp,
-					int oldstate, const struct session *s,
-					__u8 family, __u16 lport, __u16 rport)
+/* Everything known about a session at its close, in the record's layout. */
+static __always_inline void describe(const struct sock *sk, const struct tcp_sock *tp,
+				     int oldstate, const struct session *s,
+				     struct session_record *r)
 {
-	struct session_record *r;
-	__u64 now = bpf_ktime_get_ns();
-
-	r = bpf_ringbuf_reserve(&records, sizeof(*r), 0);
-	if (!r) {
-		count(COUNTER_RINGBUF_DROPS);
-		return;
-	}
-	__builtin_memset(r, 0, sizeof(*r));
-	r->close_ns = now;
-	r->family = family;
-	r->lport = lport;
-	r->rport = rport;
+	r->close_ns = bpf_ktime_get_ns();
 	if (oldstate != TCP_SYN_SENT && oldstate != TCP_SYN_RECV)
 		r->flags |= RECORD_ESTABLISHED;
 	if (s) {
 		r->direction = s->direction;
 		if (s->birth_ns) {
 			r->flags |= RECORD_BIRTH_SEEN;
-			r->duration_ns = now - s->birth_ns;
+			r->duration_ns = r->close_ns - s->birth_ns;
 		}
 		r->pid = s->pid;
 		__builtin_memcpy(r->comm, s->comm, sizeof(r->comm));
@@ -263,19 +252,17 @@ static __always_inline void emit_record(const struct sock *sk, const struct tcp_
 		r->pid = bpf_get_current_pid_tgid() >> 32;
 		bpf_get_current_comm(r->comm, sizeof(r->comm));
 	}
-	copy_addresses(sk, family, r);
+	copy_addresses(sk, r->family, r);
 	payload_bytes(sk, tp, oldstate, r);
-	bpf_ringbuf_submit(r, wakeup_flag());
 }
 
 static __always_inline int session_closed(const struct sock *sk, int oldstate)
 {
+	struct session_record r;
 	const struct tcp_sock *tp;
 	struct session *s;
 	__u64 key = (__u64)sk;
-	__u16 lport, rport;
 	__u32 pid;
-	__u8 family;
 
 	if (oldstate == TCP_LISTEN || sk->sk_protocol != IPPROTO_TCP)
 		return 0;	/* a listener closing is not a session */
@@ -284,10 +271,11 @@ static __always_inline int session_closed(const struct sock *sk, int oldstate)
 	if (!tp)
 		goto forget;
 
-	family = wire_family(sk);
-	lport = bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport);
-	rport = bpf_ntohs(sk->__sk_common.skc_dport);
-	if (!selected(family, lport, rport))
+	__builtin_memset(&r, 0, sizeof(r));
+	r.family = wire_family(sk);
+	r.lport = bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport);
+	r.rport = bpf_ntohs(sk->__sk_common.skc_dport);
+	if (!selected(r.family, r.lport, r.rport))
 		goto forget;
 	if (filter_tgid) {
 		pid = s ? s->pid : 0;
@@ -296,8 +284,9 @@ static __always_inline int session_closed(const struct sock *sk, int oldstate)
 		if (pid != filter_tgid)
 			goto forget;
 	}
-	if (emit_records)
-		emit_record(sk, tp, oldstate, s, family, lport, rport);
+	describe(sk, tp, oldstate, s, &r);
+	if (emit_records && bpf_ringbuf_output(&records, &r, sizeof(r), wakeup_flag()))
+		count(COUNTER_RINGBUF_DROPS);
 forget:
 	if (s)
 		bpf_map_delete_elem(&sessions, &key);

@@ -116,13 +116,16 @@ def trace(args: argparse.Namespace) -> int:
         header = formatter.header()
         if header:
             print(header, flush=True)
-        while not _Stop.requested:
-            tracer.poll(100)
+        while True:
+            stopping = _Stop.requested
+            tracer.poll(0 if stopping else 100)  # when stopping: drain what is left
             if batch:
                 # One write per wake-up: lines reach a pipe at once, not per 4 KiB.
                 sys.stdout.write("\n".join(batch) + "\n")
                 sys.stdout.flush()
                 batch.clear()
+            if stopping:
+                break
         report_losses(tracer.lost())
     return 0
 

@@ -124,3 +124,23 @@ def test_ring_buffer_drops_are_counted_and_reported():
     dropped = int(match.group(1))
     assert 0 < len(ours) < 2 * count
     assert len(ours) + dropped >= 2 * count
+
+
+def test_sessions_waiting_in_the_ring_are_printed_at_exit():
+    # Fewer records than the wake-up threshold wait in the ring for the next
+    # poll timeout; a stop that arrives first must still print them.
+    count = 150
+    with TcplifeProcess(["--json"]) as proc, socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(512)
+        port = listener.getsockname()[1]
+        proc.proc.send_signal(signal.SIGSTOP)
+        server = threading.Thread(target=_serve_and_close_first, args=(listener, count))
+        server.start()
+        _connect_and_wait_close(port, count)
+        server.join(60)
+        proc.proc.send_signal(signal.SIGINT)
+        proc.proc.send_signal(signal.SIGCONT)
+        assert proc.stop() == 0
+    ours = [s for s in proc.sessions() if port in (s["lport"], s["rport"])]
+    assert len(ours) == 2 * count
