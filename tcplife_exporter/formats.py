@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import time
 from dataclasses import dataclass
@@ -32,6 +34,17 @@ class Clock:
 
 def _kib(count: int) -> int:
     return count // 1024
+
+
+def printable(text: str) -> str:
+    """Process names are chosen by any user: escape what could break a line."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
+def _csv_row(fields: list[str]) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="").writerow(fields)
+    return out.getvalue()
 
 
 def _ms(session: Session) -> str:
@@ -69,7 +82,7 @@ class Formatter:
         since_first = f"{(session.close_ns - self._first_ns) / 1e9:.3f}"
         fields = (
             str(session.pid) if session.pid else UNKNOWN,
-            session.comm or UNKNOWN,
+            printable(session.comm) or UNKNOWN,
             str(session.family),
             session.laddr,
             str(session.lport),
@@ -80,10 +93,8 @@ class Formatter:
             _ms(session),
         )
         if self.style.csv:
-            prefix = (clock + "," if self.style.clock_time else "") + (
-                since_first + "," if self.style.timestamp else ""
-            )
-            return prefix + ",".join(fields)
+            times = [clock] * self.style.clock_time + [since_first] * self.style.timestamp
+            return _csv_row([*times, *fields])
         return self._time_prefix(clock, since_first) + self._columns(fields)
 
     def _time_prefix(self, clock: str, since_first: str) -> str:

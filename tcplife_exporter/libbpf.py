@@ -88,7 +88,7 @@ def _on_libbpf_print(level: int, fmt: bytes, args: int) -> int:
     buf = ctypes.create_string_buffer(2048)
     _libc.vsnprintf(buf, len(buf), fmt, args)
     line = buf.value.decode(errors="replace").rstrip("\n")
-    log.debug("libbpf: %s", line)
+    log.debug("%s", line)
     if level <= _LIBBPF_INFO:
         libbpf_log.lines.append(line)
     return 0

@@ -32,7 +32,7 @@ def port_list(text: str) -> frozenset[int]:
     ports = set()
     for item in text.split(","):
         item = item.strip()
-        if not item.isdigit() or not 1 <= int(item) <= 65535:
+        if not (item.isascii() and item.isdigit()) or not 1 <= int(item) <= 65535:
             raise argparse.ArgumentTypeError(
                 f"invalid port {item!r}: ports are numbers from 1 to 65535, comma-separated"
             )
@@ -41,7 +41,7 @@ def port_list(text: str) -> frozenset[int]:
 
 
 def pid_number(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 4194304:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 4194304:
         raise argparse.ArgumentTypeError(
             f"invalid PID {text!r}: a PID is a number from 1 to 4194304"
         )
@@ -67,7 +67,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("-L", "--localport", type=port_list, metavar="LOCALPORT",
         help="comma-separated list of local ports to trace.")
     add("-D", "--remoteport", type=port_list, metavar="REMOTEPORT",
-        help="comma-separated list of remote ports to trace.")
+        help="comma-separated list of remote ports to trace (with -L: both must match).")
     family = parser.add_mutually_exclusive_group()
     family.add_argument("-4", "--ipv4", action="store_true", help="trace IPv4 sessions only")
     family.add_argument("-6", "--ipv6", action="store_true", help="trace IPv6 sessions only")
@@ -75,6 +75,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.json and args.csv:
         parser.error("--json and -s/--csv are two output formats: choose one")
+    if args.json and (args.time or args.timestamp or args.wide):
+        parser.error("-T, -t and -w shape the columns; --json always has 'time' and full addresses")
     return args
 
 
@@ -109,8 +111,6 @@ def trace(args: argparse.Namespace) -> int:
     def on_session(session: Session) -> None:
         batch.append(formatter.line(session))
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _Stop.request)
     with SessionTracer(options_from(args), on_session) as tracer:
         print("Tracing TCP sessions. Hit Ctrl-C to end.", file=sys.stderr, flush=True)
         header = formatter.header()
@@ -141,9 +141,12 @@ def report_losses(lost: dict[str, int]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # First of all, so that a signal during start-up also ends cleanly.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _Stop.request)
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(name)s: %(message)s")
+                        format="%(message)s")
     try:
         return trace(args)
     except TcplifeError as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 
 import pytest
 
@@ -116,6 +118,9 @@ BAD_OPTIONS = [
     (["-p", "abc"], "invalid PID 'abc'"),
     (["-4", "-6"], "not allowed with argument"),
     (["--json", "-s"], "choose one"),
+    (["--json", "-T"], "shape the columns"),
+    (["-L", "\u0661\u0662"], "invalid port"),  # Arabic-Indic digits are not a port
+    (["-L", "\u00b2"], "invalid port"),
 ]
 
 
@@ -183,3 +188,24 @@ def test_libbpf_missing():
     done = run_tcplife([], prefix=in_mount_namespace(hide))
     assert done.returncode == 1
     assert done.stderr.strip().startswith("tcplife: libbpf.so.1 was not found: install")
+
+
+def test_hostile_process_names_stay_on_one_line():
+    name = 'a,b"c\nd'
+    for args, parse in (([], lambda line: line.split()[1]),
+                        (["-s"], lambda line: next(csv.reader([line]))[1])):
+        with TcplifeProcess(args) as proc:
+            result, lines = one_session(proc, client_comm=name)
+        (client,) = [line for line in lines if line.startswith(str(result.client.pid))]
+        assert parse(client) == 'a,b"c\\x0ad'
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_during_start_up_exits_cleanly(sig):
+    proc = subprocess.Popen(TCPLIFE, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # the interpreter is up; the BPF program may not be loaded yet
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
