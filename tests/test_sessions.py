@@ -8,7 +8,6 @@ import re
 import signal
 import socket
 import threading
-import time
 
 from .peers import Plan, run_session
 from .test_accuracy import assert_owned
@@ -96,27 +95,33 @@ def _serve_and_close_first(listener: socket.socket, count: int) -> None:
         conn.close()
 
 
-def _connect_and_wait_close(port: int, count: int) -> None:
-    for _ in range(count):
-        with socket.create_connection(("127.0.0.1", port)) as sock:
-            sock.recv(1)
+def _sessions_while_stopped(proc: TcplifeProcess, count: int, *then: signal.Signals) -> int:
+    """Run ``count`` sessions while tcplife is stopped, send it ``then``, stop it.
 
-
-def test_ring_buffer_drops_are_counted_and_reported():
-    # 4 MiB of ring holds ~40k records: a stopped reader must lose some of 60k.
-    count = 30_000
-    with TcplifeProcess(["--json"]) as proc, socket.socket() as listener:
+    Returns the server port, which is in every one of those sessions.
+    """
+    with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(512)
         port = listener.getsockname()[1]
         proc.proc.send_signal(signal.SIGSTOP)
         server = threading.Thread(target=_serve_and_close_first, args=(listener, count))
         server.start()
-        _connect_and_wait_close(port, count)
+        for _ in range(count):
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.recv(1)
         server.join(60)
-        proc.proc.send_signal(signal.SIGCONT)
-        time.sleep(1)
-        assert proc.stop() == 0
+    for sig in then:
+        proc.proc.send_signal(sig)
+    assert proc.stop() == 0
+    return port
+
+
+def test_ring_buffer_drops_are_counted_and_reported():
+    # 4 MiB of ring holds ~40k records: a stopped reader must lose some of 60k.
+    count = 30_000
+    with TcplifeProcess(["--json"]) as proc:
+        port = _sessions_while_stopped(proc, count, signal.SIGCONT)
     ours = [s for s in proc.sessions() if port in (s["lport"], s["rport"])]
     match = re.search(r"tcplife: (\d+) sessions not printed because the ring buffer was full",
                       proc.stderr)
@@ -130,17 +135,7 @@ def test_sessions_waiting_in_the_ring_are_printed_at_exit():
     # Fewer records than the wake-up threshold wait in the ring for the next
     # poll timeout; a stop that arrives first must still print them.
     count = 150
-    with TcplifeProcess(["--json"]) as proc, socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(512)
-        port = listener.getsockname()[1]
-        proc.proc.send_signal(signal.SIGSTOP)
-        server = threading.Thread(target=_serve_and_close_first, args=(listener, count))
-        server.start()
-        _connect_and_wait_close(port, count)
-        server.join(60)
-        proc.proc.send_signal(signal.SIGINT)
-        proc.proc.send_signal(signal.SIGCONT)
-        assert proc.stop() == 0
+    with TcplifeProcess(["--json"]) as proc:
+        port = _sessions_while_stopped(proc, count, signal.SIGINT, signal.SIGCONT)
     ours = [s for s in proc.sessions() if port in (s["lport"], s["rport"])]
     assert len(ours) == 2 * count
