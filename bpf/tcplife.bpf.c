@@ -210,12 +210,11 @@ static __always_inline void payload_bytes(const struct sock *sk, const struct tc
 	r->rx_bytes = received;
 }
 
-static __always_inline void copy_addresses(const struct sock *sk, __u8 family,
-					   struct session_record *r)
+static __always_inline void copy_addresses(const struct sock *sk, struct session_record *r)
 {
 	const struct sock_common *skc = &sk->__sk_common;
 
-	if (family == 4) {
+	if (r->family == 4) {
 		__builtin_memcpy(r->laddr, (const void *)&skc->skc_rcv_saddr, 4);
 		__builtin_memcpy(r->raddr, (const void *)&skc->skc_daddr, 4);
 	} else {
@@ -252,7 +251,7 @@ static __always_inline void describe(const struct sock *sk, const struct tcp_soc
 		r->pid = bpf_get_current_pid_tgid() >> 32;
 		bpf_get_current_comm(r->comm, sizeof(r->comm));
 	}
-	copy_addresses(sk, r->family, r);
+	copy_addresses(sk, r);
 	payload_bytes(sk, tp, oldstate, r);
 }
 

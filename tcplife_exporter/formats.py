@@ -53,6 +53,9 @@ def _ms(session: Session) -> str:
     return f"{session.duration_ns / 1e6:.2f}"
 
 
+COLUMNS = ("PID", "COMM", "IP", "LADDR", "LPORT", "RADDR", "RPORT", "TX_KB", "RX_KB", "MS")
+
+
 class Formatter:
     """Header and lines for one output style."""
 
@@ -62,24 +65,14 @@ class Formatter:
         self._first_ns: int | None = None
 
     def header(self) -> str | None:
-        style = self.style
-        if style.json:
+        if self.style.json:
             return None
-        if style.csv:
-            prefix = ("TIME," if style.clock_time else "") + ("TIME(s)," if style.timestamp else "")
-            return prefix + "PID,COMM,IP,LADDR,LPORT,RADDR,RPORT,TX_KB,RX_KB,MS"
-        return self._time_prefix("TIME", "TIME(s)") + self._columns(
-            ("PID", "COMM", "IP", "LADDR", "LPORT", "RADDR", "RPORT", "TX_KB", "RX_KB", "MS")
-        )
+        times = ["TIME"] * self.style.clock_time + ["TIME(s)"] * self.style.timestamp
+        return self._join(times, COLUMNS)
 
     def line(self, session: Session) -> str:
         if self.style.json:
             return self._json(session)
-        if self._first_ns is None:
-            self._first_ns = session.close_ns
-        epoch = self._clock.epoch_seconds(session.close_ns)
-        clock = time.strftime("%H:%M:%S", time.localtime(epoch))
-        since_first = f"{(session.close_ns - self._first_ns) / 1e9:.3f}"
         fields = (
             str(session.pid) if session.pid else UNKNOWN,
             printable(session.comm) or UNKNOWN,
@@ -92,14 +85,26 @@ class Formatter:
             str(_kib(session.rx_bytes)),
             _ms(session),
         )
-        if self.style.csv:
-            times = [clock] * self.style.clock_time + [since_first] * self.style.timestamp
-            return _csv_row([*times, *fields])
-        return self._time_prefix(clock, since_first) + self._columns(fields)
+        return self._join(self._times(session.close_ns), fields)
 
-    def _time_prefix(self, clock: str, since_first: str) -> str:
-        prefix = f"{clock:<8} " if self.style.clock_time else ""
-        return prefix + (f"{since_first:<9} " if self.style.timestamp else "")
+    def _times(self, close_ns: int) -> list[str]:
+        """The -T and -t values for a session, only those asked for."""
+        times = []
+        if self.style.clock_time:
+            epoch = self._clock.epoch_seconds(close_ns)
+            times.append(time.strftime("%H:%M:%S", time.localtime(epoch)))
+        if self._first_ns is None:
+            self._first_ns = close_ns
+        if self.style.timestamp:
+            times.append(f"{(close_ns - self._first_ns) / 1e9:.3f}")
+        return times
+
+    def _join(self, times: list[str], fields: tuple[str, ...]) -> str:
+        if self.style.csv:
+            return _csv_row([*times, *fields])
+        widths = [8] * self.style.clock_time + [9] * self.style.timestamp
+        prefix = "".join(f"{value:<{width}} " for value, width in zip(times, widths))
+        return prefix + self._columns(fields)
 
     def _columns(self, fields: tuple[str, ...]) -> str:
         pid, comm, ip, laddr, lport, raddr, rport, tx_kb, rx_kb, ms = fields
