@@ -6,6 +6,9 @@
  * connect(), SYN_RECV for a child cloned from a listener) and dies at its
  * transition to CLOSE. Only those transitions, and the two that close() makes
  * in the owner's context, do any work; every other one returns at once.
+ *
+ * At the close a session is emitted as a record (the tcplife command), folded
+ * into histograms keyed by its labels (the exporter), or both.
  */
 #include "kernel.h"
 #include <linux/bpf.h>
@@ -19,6 +22,7 @@
 
 /* Set by user space before load; the verifier prunes what they turn off. */
 const volatile bool emit_records = true;
+const volatile bool fold_metrics = false;
 const volatile __u32 filter_tgid = 0;
 const volatile __u8 filter_family = 0;		/* 0: any, else 4 or 6 */
 const volatile bool filter_lports = false;
@@ -27,19 +31,27 @@ const volatile __u8 lport_bitmap[PORT_BITMAP_BYTES] = {};
 const volatile __u8 rport_bitmap[PORT_BITMAP_BYTES] = {};
 const volatile __u64 ringbuf_wakeup_bytes = 0;
 
+/* Labels and buckets of the folded metrics. */
+const volatile bool label_comm = false;
+const volatile bool label_networks = false;
+const volatile bool auto_port_labels = false;	/* else the bitmap lists them */
+const volatile __u8 port_label_bitmap[PORT_BITMAP_BYTES] = {};
+const volatile __u16 ephemeral_low = 0;		/* never a label in automatic mode */
+const volatile __u16 ephemeral_high = 0;
+const volatile __u32 duration_nbounds = 0;
+const volatile __u64 duration_bounds_ns[MAX_BOUNDS] = {};
+const volatile __u32 bytes_nbounds = 0;
+const volatile __u64 bytes_bounds[MAX_BOUNDS] = {};
+
 /* Not used by the program: they put the shared types into the object's BTF. */
 const volatile struct session_record btf_session_record = {};
 const volatile enum direction btf_direction = DIRECTION_UNKNOWN;
 const volatile enum counter btf_counter = COUNTER_MAX;
 const volatile enum record_flag btf_record_flag = RECORD_BIRTH_SEEN;
-
-/* What must be remembered between a session's birth and its close. */
-struct session {
-	__u64 birth_ns;			/* 0: opened before the tracer */
-	__u32 pid;			/* 0 until seen in the owner's context */
-	__u8 direction;
-	char comm[TASK_COMM_LEN];
-};
+const volatile struct series_key btf_series_key = {};
+const volatile struct series btf_series = {};
+const volatile struct network_key btf_network_key = {};
+const volatile struct bpf_prog_info btf_prog_info = {};	/* run time and count */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -60,7 +72,45 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
+/*
+ * Per-CPU so that folding takes no lock. Entries are allocated on first use,
+ * so memory follows the label sets seen, up to the cap user space sets here
+ * (plus the pre-created overflow series).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1024);
+	__type(key, struct series_key);
+	__type(value, struct series);
+} series SEC(".maps");
+
+/* A zeroed value to create series from: too big for the BPF stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct series);
+} empty_series SEC(".maps");
+
+/* Ports given their own label in automatic mode, first come first served. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u16);
+	__type(value, __u8);
+} labelled_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 256);
+	__type(key, struct network_key);
+	__type(value, __u16);
+} networks SEC(".maps");
+
 #define EEXIST 17
+#define E2BIG 7
 
 static __always_inline void count(enum counter which)
 {
@@ -120,20 +170,37 @@ static __always_inline bool selected(__u8 family, __u16 lport, __u16 rport)
 	return true;
 }
 
+/* IPv4 addresses take the first 4 bytes. */
+static __always_inline void copy_remote_address(const struct sock *sk, __u8 family, __u8 *dst)
+{
+	const struct sock_common *skc = &sk->__sk_common;
+
+	if (family == 4)
+		__builtin_memcpy(dst, (const void *)&skc->skc_daddr, 4);
+	else
+		__builtin_memcpy(dst, (const void *)&skc->skc_v6_daddr, 16);
+}
+
 static __always_inline int session_born(const struct sock *sk, __u8 direction)
 {
 	struct session s;
 	__u64 key = (__u64)sk;
+	__u16 lport = sk->__sk_common.skc_num;
+	__u16 rport = bpf_ntohs(sk->__sk_common.skc_dport);
+	__u8 family;
 
 	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
-	if (!selected(wire_family(sk), sk->__sk_common.skc_num,
-		      bpf_ntohs(sk->__sk_common.skc_dport)))
+	family = wire_family(sk);
+	if (!selected(family, lport, rport))
 		return 0;
 
 	__builtin_memset(&s, 0, sizeof(s));
 	s.birth_ns = bpf_ktime_get_ns();
 	s.direction = direction;
+	s.family = family;
+	s.service_port = direction == DIRECTION_INBOUND ? lport : rport;
+	copy_remote_address(sk, family, s.raddr);
 	if (direction == DIRECTION_OUTBOUND && in_owner_context(sk)) {
 		remember_owner(&s);
 		if (filter_tgid && s.pid != filter_tgid)
@@ -214,13 +281,11 @@ static __always_inline void copy_addresses(const struct sock *sk, struct session
 {
 	const struct sock_common *skc = &sk->__sk_common;
 
-	if (r->family == 4) {
+	if (r->family == 4)
 		__builtin_memcpy(r->laddr, (const void *)&skc->skc_rcv_saddr, 4);
-		__builtin_memcpy(r->raddr, (const void *)&skc->skc_daddr, 4);
-	} else {
+	else
 		__builtin_memcpy(r->laddr, (const void *)&skc->skc_v6_rcv_saddr, 16);
-		__builtin_memcpy(r->raddr, (const void *)&skc->skc_v6_daddr, 16);
-	}
+	copy_remote_address(sk, r->family, r->raddr);
 }
 
 static __always_inline long wakeup_flag(void)
@@ -255,6 +320,116 @@ static __always_inline void describe(const struct sock *sk, const struct tcp_soc
 	payload_bytes(sk, tp, oldstate, r);
 }
 
+/* The first slot whose bound is >= value (le is inclusive), or nbounds: +Inf. */
+static __always_inline __u32 bucket_of(const volatile __u64 *bounds, __u32 nbounds, __u64 value)
+{
+	__u32 low = 0, high = nbounds, mid;
+
+	for (int step = 0; step < 6 && low < high; step++) {	/* 2^6 > MAX_BOUNDS */
+		mid = (low + high) / 2;
+		if (value <= bounds[mid & (MAX_BOUNDS - 1)])
+			high = mid;
+		else
+			low = mid + 1;
+	}
+	return low < HIST_SLOTS ? low : MAX_BOUNDS;
+}
+
+static __always_inline __u16 port_label(__u16 port)
+{
+	__u8 one = 1;
+	long err;
+
+	if (!auto_port_labels)
+		return port_in(port_label_bitmap, port) ? port : 0;
+	if (port >= ephemeral_low && port <= ephemeral_high)
+		return 0;
+	if (bpf_map_lookup_elem(&labelled_ports, &port))
+		return port;
+	err = bpf_map_update_elem(&labelled_ports, &port, &one, BPF_NOEXIST);
+	if (!err || err == -EEXIST)
+		return port;
+	count(COUNTER_PORT_LABELS_FULL);
+	return 0;
+}
+
+static __always_inline __u16 network_label(const struct session_record *r)
+{
+	struct network_key key = { .prefixlen = 128 };
+	__u16 *index;
+
+	if (r->family == 4) {
+		key.addr[10] = 0xff;
+		key.addr[11] = 0xff;
+		__builtin_memcpy(&key.addr[12], r->raddr, 4);
+	} else {
+		__builtin_memcpy(key.addr, r->raddr, 16);
+	}
+	index = bpf_map_lookup_elem(&networks, &key);
+	return index ? *index : 0;
+}
+
+/* The session's series, created on first use; over the cap, the overflow one. */
+static __always_inline struct series *series_of(struct series_key *key)
+{
+	struct series *found, *empty;
+	__u32 zero = 0;
+	long err;
+
+	found = bpf_map_lookup_elem(&series, key);
+	if (found)
+		return found;
+	empty = bpf_map_lookup_elem(&empty_series, &zero);
+	if (!empty)
+		return NULL;
+	err = bpf_map_update_elem(&series, key, empty, BPF_NOEXIST);
+	if (err == -E2BIG) {
+		/* User space pre-creates one per direction and family. */
+		__builtin_memset(key->comm, 0, sizeof(key->comm));
+		key->network = 0;
+		key->port = 0;
+		key->overflow = 1;
+		count(COUNTER_SERIES_OVERFLOW);
+	} else if (err && err != -EEXIST) {
+		count(COUNTER_SERIES_MAP_FULL);
+		return NULL;
+	}
+	return bpf_map_lookup_elem(&series, key);
+}
+
+static __always_inline void fold(const struct session_record *r)
+{
+	struct series_key key;
+	struct series *into;
+	__u32 slot;
+
+	__builtin_memset(&key, 0, sizeof(key));
+	key.direction = r->direction;
+	key.family = r->family;
+	key.port = port_label(r->direction == DIRECTION_INBOUND ? r->lport : r->rport);
+	if (label_networks)
+		key.network = network_label(r);
+	if (label_comm)
+		__builtin_memcpy(key.comm, r->comm, sizeof(key.comm));
+
+	into = series_of(&key);
+	if (!into)
+		return;
+	if (!(r->flags & RECORD_ESTABLISHED)) {
+		into->failed_handshakes++;
+		return;
+	}
+	into->duration_sum_ns += r->duration_ns;
+	into->sent_sum += r->tx_bytes;
+	into->received_sum += r->rx_bytes;
+	slot = bucket_of(duration_bounds_ns, duration_nbounds, r->duration_ns);
+	into->duration[slot]++;
+	slot = bucket_of(bytes_bounds, bytes_nbounds, r->tx_bytes);
+	into->sent[slot]++;
+	slot = bucket_of(bytes_bounds, bytes_nbounds, r->rx_bytes);
+	into->received[slot]++;
+}
+
 static __always_inline int session_closed(const struct sock *sk, int oldstate)
 {
 	struct session_record r;
@@ -284,6 +459,10 @@ static __always_inline int session_closed(const struct sock *sk, int oldstate)
 			goto forget;
 	}
 	describe(sk, tp, oldstate, s, &r);
+	if (!(r.flags & RECORD_BIRTH_SEEN))
+		count(COUNTER_BIRTH_UNSEEN);
+	else if (fold_metrics)
+		fold(&r);
 	if (emit_records && bpf_ringbuf_output(&records, &r, sizeof(r), wakeup_flag()))
 		count(COUNTER_RINGBUF_DROPS);
 forget:

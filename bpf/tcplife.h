@@ -15,16 +15,37 @@ enum direction {
 	DIRECTION_OUTBOUND = 2,	/* active open: connect() */
 };
 
-/* Indexes into the per-CPU `counters` array: everything the tracer loses. */
+/*
+ * Indexes into the per-CPU `counters` array: what the program could not
+ * deliver or fold as asked, so that nothing is lost silently.
+ */
 enum counter {
 	COUNTER_RINGBUF_DROPS = 0,	/* record not emitted: ring buffer full */
-	COUNTER_SESSION_MAP_FULL = 1,	/* session not tracked: `sessions` map full */
-	COUNTER_MAX = 2,
+	COUNTER_SESSION_MAP_FULL = 1,	/* session not tracked: `sessions` insert failed */
+	COUNTER_BIRTH_UNSEEN = 2,	/* closed, but opened before the program: not folded */
+	COUNTER_SERIES_OVERFLOW = 3,	/* folded into the overflow series: label-set cap */
+	COUNTER_SERIES_MAP_FULL = 4,	/* not folded: `series` insert failed otherwise */
+	COUNTER_PORT_LABELS_FULL = 5,	/* folded as port "other": automatic port cap */
+	COUNTER_MAX = 6,
 };
 
 enum record_flag {
 	RECORD_BIRTH_SEEN = 1,		/* the open was traced: duration is valid */
 	RECORD_ESTABLISHED = 2,		/* the handshake completed */
+};
+
+/*
+ * What is remembered between a session's birth and its close, keyed by the
+ * socket's address. User space also reads it to count open sessions.
+ */
+struct session {
+	__u64 birth_ns;			/* 0: opened before the program */
+	__u32 pid;			/* 0 until seen in the owner's context */
+	__u16 service_port;		/* inbound: local port; outbound: remote port */
+	__u8 direction;			/* enum direction */
+	__u8 family;			/* 4 or 6 */
+	__u8 raddr[16];			/* IPv4 uses the first 4 bytes */
+	char comm[TASK_COMM_LEN];
 };
 
 /* One closed TCP session, as sent through the ring buffer. */
@@ -43,6 +64,41 @@ struct session_record {
 	__u8 direction;			/* enum direction */
 	__u8 flags;			/* enum record_flag */
 	__u8 _pad[5];
+};
+
+/*
+ * Histograms folded in the kernel. Bucket i counts values v with
+ * bounds[i-1] < v <= bounds[i] (Prometheus's inclusive `le`); the last used
+ * slot, index nbounds, is +Inf. User space makes the counts cumulative.
+ */
+#define MAX_BOUNDS 32
+#define HIST_SLOTS (MAX_BOUNDS + 1)
+
+/* One label set. Zeroed fields are labels the config leaves off. */
+struct series_key {
+	char comm[TASK_COMM_LEN];	/* owner's name, if the comm label is on */
+	__u16 network;			/* 1 + index of the remote network; 0: other */
+	__u16 port;			/* service port; 0: "other" */
+	__u8 direction;			/* enum direction, never unknown */
+	__u8 family;			/* 4 or 6 */
+	__u8 overflow;			/* 1: the label-set cap was reached */
+	__u8 _pad;
+};
+
+struct series {
+	__u64 failed_handshakes;	/* closed before the handshake completed */
+	__u64 duration_sum_ns;
+	__u64 sent_sum;
+	__u64 received_sum;
+	__u64 duration[HIST_SLOTS];	/* nanoseconds */
+	__u64 sent[HIST_SLOTS];		/* payload bytes */
+	__u64 received[HIST_SLOTS];
+};
+
+/* Remote networks: an LPM trie over IPv6, IPv4 as ::ffff:a.b.c.d/96+len. */
+struct network_key {
+	__u32 prefixlen;
+	__u8 addr[16];
 };
 
 #endif /* TCPLIFE_H */

@@ -52,7 +52,8 @@ class Field:
     offset: int  # bytes
     size: int  # bytes
     signed: bool = False
-    array_len: int = 0  # 0: a scalar; else a byte array of that many elements
+    array_len: int = 0  # 0: a scalar; else an array of that many elements
+    element_size: int = 0  # of an array's integer elements
 
 
 @dataclass(frozen=True)
@@ -110,10 +111,12 @@ class Btf:
             return Field(name, offset, btf_type.size, signed)
         if kind == KIND_ARRAY:
             array = _Array.from_address(ctypes.addressof(btf_type) + ctypes.sizeof(_BtfType))
-            element_size = self._lib.btf__resolve_size(self._ptr, array.type)
-            if element_size != 1:
-                raise TcplifeError(f"field {name!r}: only byte arrays are supported")
-            return Field(name, offset, array.nelems, array_len=array.nelems)
+            element_id, element = self._resolve(array.type)
+            if (element.info >> 24) & 0x1F != KIND_INT:
+                raise TcplifeError(f"field {name!r}: only arrays of integers are supported")
+            signed = bool(self._int_encoding(element_id) & _INT_SIGNED)
+            return Field(name, offset, array.nelems * element.size, signed,
+                         array_len=array.nelems, element_size=element.size)
         raise TcplifeError(f"field {name!r} has a BTF kind ({kind}) this reader does not decode")
 
     def _int_encoding(self, type_id: int) -> int:
@@ -121,9 +124,15 @@ class Btf:
         return (_U32.from_address(address).value >> 24) & 0x0F
 
     def struct(self, name: str) -> tuple[int, list[Field]]:
-        """The size of ``struct name`` and its fields in offset order."""
+        """The size of ``struct name`` and its fields in offset order.
+
+        Bitfields are left out: they are not read, and their bytes are skipped.
+        """
         type_id = self._find(name, KIND_STRUCT)
-        members = [self._field(m) for m in self._items(type_id, _Member)]
+        members = self._items(type_id, _Member)
+        if self._type(type_id).info >> 31:  # kind_flag: offsets carry bitfield sizes
+            members = [m for m in members if not m.offset >> 24]
+        members = [self._field(m) for m in members]
         return self._type(type_id).size, sorted(members, key=lambda f: f.offset)
 
     def enum(self, name: str) -> dict[str, int]:

@@ -48,10 +48,17 @@ _PROTOTYPES: list[tuple[str, object, list[object]]] = [
     ("bpf_map__fd", c_int, [c_void_p]),
     ("bpf_map__set_max_entries", c_int, [c_void_p, c_uint32]),
     ("bpf_map__value_size", c_uint32, [c_void_p]),
+    ("bpf_map__key_size", c_uint32, [c_void_p]),
+    ("bpf_map__type", c_int, [c_void_p]),
+    ("bpf_program__fd", c_int, [c_void_p]),
     ("bpf_map__initial_value", c_void_p, [c_void_p, POINTER(c_size_t)]),
     ("bpf_program__attach", c_void_p, [c_void_p]),
     ("bpf_link__destroy", c_int, [c_void_p]),
     ("bpf_map_lookup_elem", c_int, [c_int, c_void_p, c_void_p]),
+    ("bpf_map_update_elem", c_int, [c_int, c_void_p, c_void_p, ctypes.c_uint64]),
+    ("bpf_map_lookup_batch", c_int,
+     [c_int, c_void_p, c_void_p, c_void_p, c_void_p, POINTER(c_uint32), c_void_p]),
+    ("bpf_obj_get_info_by_fd", c_int, [c_int, c_void_p, POINTER(c_uint32)]),
     ("btf__find_by_name_kind", c_int, [c_void_p, c_char_p, c_uint32]),
     ("btf__type_by_id", c_void_p, [c_void_p, c_uint32]),
     ("btf__name_by_offset", c_char_p, [c_void_p, c_uint32]),
@@ -121,6 +128,15 @@ def _load() -> ctypes.CDLL:
         fn.argtypes = argtypes
     handle.libbpf_set_print(_on_libbpf_print)
     return handle
+
+
+_ENOENT, _ENOSPC = 2, 28
+# BPF_MAP_TYPE_PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH (include/uapi/linux/bpf.h).
+_PERCPU_MAP_TYPES = {5, 6, 10}
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
 
 
 def errno_text(code: int) -> str:
@@ -239,6 +255,78 @@ class BpfObject:
                 f"{errno_text(ctypes.get_errno())} ({libbpf_log.tail(2)})"
             )
         self._links.append(link)
+
+    def program_fd(self, program: str) -> int:
+        prog = self._lib.bpf_object__find_program_by_name(self._ptr, program.encode())
+        fd = self._lib.bpf_program__fd(prog) if prog else -1
+        if fd < 0:
+            raise TcplifeError(f"program {program} is not loaded")
+        return fd
+
+    def map_sizes(self, map_name: str) -> tuple[int, int]:
+        """Key size and the size of one value as user space sees it (all CPUs)."""
+        found = self._map(map_name)
+        value_size = self._lib.bpf_map__value_size(found)
+        if self._lib.bpf_map__type(found) in _PERCPU_MAP_TYPES:
+            value_size = _round_up(value_size, 8) * num_possible_cpus()
+        return self._lib.bpf_map__key_size(found), value_size
+
+    def update(self, map_name: str, key: bytes, value: bytes) -> None:
+        err = self._lib.bpf_map_update_elem(self.map_fd(map_name), key, value, 0)
+        if err:
+            raise TcplifeError(
+                f"writing map {map_name} failed: {errno_text(ctypes.get_errno())}"
+            )
+
+    def read_all(self, map_name: str, chunk: int = 4096) -> list[tuple[bytes, bytes]]:
+        """Every entry of a hash map, read in batches: (key, value) pairs.
+
+        Per-CPU values come as one value per possible CPU, each padded to 8 bytes.
+        """
+        fd = self.map_fd(map_name)
+        key_size, value_size = self.map_sizes(map_name)
+        token_in = ctypes.create_string_buffer(max(key_size, 8))
+        token_out = ctypes.create_string_buffer(max(key_size, 8))
+        entries: list[tuple[bytes, bytes]] = []
+        first = True
+        while True:
+            keys = ctypes.create_string_buffer(key_size * chunk)
+            values = ctypes.create_string_buffer(value_size * chunk)
+            count = c_uint32(chunk)
+            err = self._lib.bpf_map_lookup_batch(
+                fd, None if first else token_in, token_out, keys, values,
+                ctypes.byref(count), None,
+            )
+            code = ctypes.get_errno() if err else 0
+            if code == _ENOSPC:  # one hash bucket holds more than `chunk` entries
+                chunk *= 2
+                continue
+            if code not in (0, _ENOENT):
+                raise TcplifeError(f"reading map {map_name} failed: {errno_text(code)}")
+            raw_keys, raw_values = keys.raw, values.raw
+            entries.extend(
+                (raw_keys[i * key_size : (i + 1) * key_size],
+                 raw_values[i * value_size : (i + 1) * value_size])
+                for i in range(count.value)
+            )
+            if code == _ENOENT:  # that was the last batch
+                return entries
+            ctypes.memmove(token_in, token_out, len(token_out))
+            first = False
+
+    def program_info(self, program: str, size: int) -> bytes:
+        """The kernel's struct bpf_prog_info for a loaded program, ``size`` bytes of it."""
+        info = ctypes.create_string_buffer(size)
+        length = c_uint32(size)
+        err = self._lib.bpf_obj_get_info_by_fd(
+            self.program_fd(program), info, ctypes.byref(length)
+        )
+        if err:
+            raise TcplifeError(
+                f"reading program {program}'s statistics failed: "
+                f"{errno_text(ctypes.get_errno())}"
+            )
+        return info.raw
 
     def lookup(self, map_name: str, key: ctypes._SimpleCData, value: ctypes.Array) -> None:
         err = self._lib.bpf_map_lookup_elem(

@@ -7,14 +7,12 @@ The decoder builds its layout from the BPF object's BTF, so the C header in
 from __future__ import annotations
 
 import socket
-import struct
 from dataclasses import asdict, dataclass
 
-from .btf import Btf, Field
+from .btf import Btf
 from .errors import TcplifeError
+from .layout import StructLayout
 
-_INT_CODES = {(1, False): "B", (2, False): "H", (4, False): "I", (8, False): "Q",
-              (1, True): "b", (2, True): "h", (4, True): "i", (8, True): "q"}
 _FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
 _ADDRESS_BYTES = {4: 4, 6: 16}
 
@@ -46,9 +44,7 @@ class RecordDecoder:
     """Turns raw ring-buffer records into ``Session`` objects."""
 
     def __init__(self, btf: Btf) -> None:
-        size, fields = btf.struct("session_record")
-        self._layout = struct.Struct(_format(size, fields))
-        self._names = [f.name for f in fields if not f.name.startswith("_")]
+        self._layout = StructLayout(btf, "session_record")
         flags = btf.enum("record_flag")
         self._birth_seen = flags["RECORD_BIRTH_SEEN"]
         self._established = flags["RECORD_ESTABLISHED"]
@@ -62,12 +58,7 @@ class RecordDecoder:
         return self._layout.size
 
     def decode(self, data: bytes) -> Session:
-        if len(data) < self._layout.size:
-            raise TcplifeError(
-                f"a session record of {len(data)} bytes is shorter than "
-                f"the {self._layout.size} bytes its BTF describes"
-            )
-        raw = dict(zip(self._names, self._layout.unpack_from(data)))
+        raw = self._layout.unpack(data)
         family = raw["family"]
         if family not in _FAMILIES:
             raise TcplifeError(f"a session record has an unknown address family {family}")
@@ -77,9 +68,9 @@ class RecordDecoder:
             pid=raw["pid"],
             comm=raw["comm"].split(b"\0", 1)[0].decode(errors="replace"),
             family=family,
-            laddr=_address(family, raw["laddr"]),
+            laddr=address_text(family, raw["laddr"]),
             lport=raw["lport"],
-            raddr=_address(family, raw["raddr"]),
+            raddr=address_text(family, raw["raddr"]),
             rport=raw["rport"],
             direction=self._directions.get(raw["direction"], "unknown"),
             birth_seen=birth_seen,
@@ -91,25 +82,5 @@ class RecordDecoder:
         )
 
 
-def _format(size: int, fields: list[Field]) -> str:
-    """A struct-module format that reads the fields at their BTF offsets."""
-    parts, position = ["="], 0
-    for field in fields:
-        if field.offset < position:
-            raise TcplifeError(f"session_record field {field.name!r} overlaps another")
-        if field.offset > position:
-            parts.append(f"{field.offset - position}x")
-        if field.name.startswith("_"):  # padding
-            parts.append(f"{field.size}x")
-        elif field.array_len:
-            parts.append(f"{field.array_len}s")
-        else:
-            parts.append(_INT_CODES[(field.size, field.signed)])
-        position = field.offset + field.size
-    if size > position:
-        parts.append(f"{size - position}x")
-    return "".join(parts)
-
-
-def _address(family: int, packed: bytes) -> str:
+def address_text(family: int, packed: bytes) -> str:
     return socket.inet_ntop(_FAMILIES[family], packed[: _ADDRESS_BYTES[family]])

@@ -126,7 +126,7 @@ def trace(args: argparse.Namespace) -> int:
                 batch.clear()
             if stopping:
                 break
-        report_losses(tracer.lost())
+        report_losses(tracer.counters())
     return 0
 
 
@@ -136,8 +136,8 @@ def report_losses(lost: dict[str, int]) -> None:
         "session_map_full": "not tracked because the session table was full",
     }
     for name, count in lost.items():
-        if count:
-            print(f"tcplife: {count} sessions {reasons.get(name, name)}", file=sys.stderr)
+        if count and name in reasons:
+            print(f"tcplife: {count} sessions {reasons[name]}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

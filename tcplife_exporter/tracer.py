@@ -1,7 +1,8 @@
 """Load the session tracer into the kernel and read what it reports.
 
 Data flow: TracerOptions -> .rodata of the BPF object (set before load) ->
-kernel program on inet_sock_set_state -> ring buffer -> Session objects.
+kernel program on inet_sock_set_state -> ring buffer -> Session objects,
+and/or histograms folded in kernel maps (see folding.py).
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 
-from . import preflight
+from . import folding, preflight
 from .btf import Btf
 from .errors import TcplifeError
+from .layout import StructLayout
 from .libbpf import BpfObject, RingBuffer, num_possible_cpus
 from .records import RecordDecoder, Session
 
 PROGRAM = "inet_sock_set_state"
 PORT_BITMAP_BYTES = 65536 // 8
+MAX_BOUNDS = 32  # bucket bounds per histogram: MAX_BOUNDS in bpf/tcplife.h
 
 
 def bpf_object_path() -> str:
@@ -45,6 +48,7 @@ class SessionFilter:
 class TracerOptions:
     filter: SessionFilter = field(default_factory=SessionFilter)
     emit_records: bool = True
+    fold: folding.FoldOptions | None = None  # None: no histograms
     max_sessions: int = 65536  # concurrently open sessions tracked
     ringbuf_bytes: int = 4 << 20  # a power of two, at least a page
     wakeup_bytes: int = 64 << 10  # wake the reader once this much is waiting
@@ -60,7 +64,7 @@ def port_bitmap(ports: Iterable[int]) -> bytes:
 def rodata_values(options: TracerOptions) -> dict[str, int | bytes]:
     """The program's const volatile globals for these options."""
     flt = options.filter
-    return {
+    values: dict[str, int | bytes] = {
         "emit_records": int(options.emit_records),
         "filter_tgid": flt.pid,
         "filter_family": flt.family,
@@ -70,6 +74,17 @@ def rodata_values(options: TracerOptions) -> dict[str, int | bytes]:
         "rport_bitmap": port_bitmap(flt.remote_ports),
         "ringbuf_wakeup_bytes": options.wakeup_bytes,
     }
+    if options.fold is not None:
+        bitmap = port_bitmap(options.fold.labelled_ports)
+        values.update(folding.fold_rodata(options.fold, bitmap, MAX_BOUNDS))
+    return values
+
+
+@dataclass(frozen=True)
+class ProgramStats:
+    run_time_ns: int  # counted only while kernel.bpf_stats_enabled is 1
+    run_count: int
+    recursion_misses: int  # runs skipped: the program was already running on that CPU
 
 
 class SessionTracer:
@@ -95,10 +110,15 @@ class SessionTracer:
             for name, value in btf.enum("counter").items()
             if name != "COUNTER_MAX"
         }
+        self._btf = btf
+        self._prog_info = StructLayout(btf, "bpf_prog_info")
         self._write_rodata(btf, rodata_values(options))
         self._obj.set_max_entries("sessions", options.max_sessions)
-        self._obj.set_max_entries("records", options.ringbuf_bytes)
+        ring_bytes = options.ringbuf_bytes if options.emit_records else folding.RINGBUF_MIN_BYTES
+        self._obj.set_max_entries("records", ring_bytes)
+        folding.size_maps(self._obj, options.fold)
         self._obj.load()
+        folding.fill_maps(self._obj, btf, options.fold)
         self._obj.attach(PROGRAM)
         if options.emit_records and on_session is not None:
             self._ring = RingBuffer(
@@ -112,6 +132,8 @@ class SessionTracer:
             var = variables.get(name)
             if var is None:
                 raise TcplifeError(f"the BPF program has no setting named {name!r}")
+            if name == "duration_bounds_ns" and var.size != MAX_BOUNDS * 8:
+                raise TcplifeError("the BPF object was built with a different MAX_BOUNDS")
             raw = value if isinstance(value, bytes) else value.to_bytes(var.size, "little")
             if len(raw) != var.size:
                 raise TcplifeError(f"setting {name!r} takes {var.size} bytes, not {len(raw)}")
@@ -123,8 +145,15 @@ class SessionTracer:
             raise TcplifeError("this tracer was started without a session consumer")
         return self._ring.poll(timeout_ms)
 
-    def lost(self) -> dict[str, int]:
-        """Everything the kernel side could not deliver, by cause, summed over CPUs."""
+    def folded(self) -> folding.FoldedReader:
+        return folding.FoldedReader(self._obj, self._btf)
+
+    def program_stats(self) -> ProgramStats:
+        info = self._prog_info.unpack(self._obj.program_info(PROGRAM, self._prog_info.size))
+        return ProgramStats(info["run_time_ns"], info["run_cnt"], info["recursion_misses"])
+
+    def counters(self) -> dict[str, int]:
+        """The program's counters (enum counter in tcplife.h), summed over CPUs."""
         cpus = num_possible_cpus()
         per_cpu = (ctypes.c_uint64 * cpus)()
         totals = {}

@@ -1,4 +1,4 @@
-"""Run ``tcplife`` as a user would and collect what it prints."""
+"""Run the project's commands as a user would and collect what they print."""
 
 from __future__ import annotations
 
@@ -8,29 +8,33 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-TCPLIFE = [sys.executable, "-m", "tcplife_exporter.tcplife_cli"]
+TCPLIFE = (sys.executable, "-m", "tcplife_exporter.tcplife_cli")
 REPO = Path(__file__).resolve().parent.parent
 
 
-READY_TEXT = "Tracing TCP sessions"
+class ToolProcess:
+    """A running command whose output lines are collected as they come.
 
+    Entering waits until ``ready_text`` appears on its stderr.
+    """
 
-class TcplifeProcess:
-    """A running ``tcplife`` whose output lines are collected as they come."""
+    ready_text = ""
+    command: tuple[str, ...] = ()
 
     def __init__(self, args: list[str], prefix: list[str] = (),
-                 command: list[str] = TCPLIFE, cwd: str | Path = REPO) -> None:
-        self.argv = [*prefix, *command, *args]  # prefix: e.g. setpriv to drop privileges
+                 command: Sequence[str] | None = None, cwd: str | Path = REPO) -> None:
+        # prefix: e.g. setpriv to drop privileges
+        self.argv = [*prefix, *(command or self.command), *args]
         self.cwd = cwd
         self.lines: list[str] = []
         self.errors: list[str] = []
         self.returncode: int | None = None
         self._cond = threading.Condition()
 
-    def __enter__(self) -> TcplifeProcess:
+    def __enter__(self) -> ToolProcess:
         self.proc = subprocess.Popen(
             self.argv, cwd=self.cwd, text=True, errors="replace",
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -68,13 +72,22 @@ class TcplifeProcess:
 
     def _wait_ready(self, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
-        while READY_TEXT not in self.stderr:
+        while self.ready_text not in self.stderr:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 for reader in self._readers:
                     reader.join(timeout=2)
-                raise AssertionError(f"tcplife did not start ({self.proc.poll()}): {self.stderr}")
+                raise AssertionError(
+                    f"{self.argv} did not start ({self.proc.poll()}): {self.stderr}")
             with self._cond:
                 self._cond.wait(0.05)
+
+
+
+class TcplifeProcess(ToolProcess):
+    """A running ``tcplife``; with --json, its sessions as dicts."""
+
+    ready_text = "Tracing TCP sessions"
+    command = TCPLIFE
 
     def sessions(self) -> list[dict]:
         with self._cond:

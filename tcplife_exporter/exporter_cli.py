@@ -1,0 +1,142 @@
+"""tcplife-exporter: closed TCP sessions as Prometheus histograms, folded in the kernel."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+
+from .errors import TcplifeError
+from .exporter import Exporter
+from .web import MetricsServer, load_web_config, start_server
+
+DEFAULT_PORT = 19525  # outside 9100-9999, which Prometheus's exporter port list has filled
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+              "error": logging.ERROR}
+
+log = logging.getLogger("tcplife_exporter")
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """host:port, [v6]:port or :port (all interfaces), as Prometheus exporters take it."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not host:port, [ipv6]:port or :port with a port from 1 to 65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise argparse.ArgumentTypeError(f"{text!r}: put an IPv6 address in brackets, [::1]:port")
+    return host or "::", int(port)
+
+
+def telemetry_path(text: str) -> str:
+    if not text.startswith("/"):
+        raise argparse.ArgumentTypeError(f"{text!r} must start with '/'")
+    return text
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="tcplife-exporter",
+        description="Export lifespans, bytes and counts of closed TCP sessions to Prometheus. "
+                    "Sessions are folded into histograms in the kernel by a BPF program on "
+                    "the sock:inet_sock_set_state tracepoint. SIGHUP reloads the config.")
+    parser.add_argument("--config.file", dest="config_file", metavar="PATH",
+                        help="YAML config (see config.example.yaml); built-in defaults if unset")
+    parser.add_argument("--web.listen-address", dest="listen", type=listen_address,
+                        default=f":{DEFAULT_PORT}", metavar="ADDRESS",
+                        help=f"where to serve metrics (default :{DEFAULT_PORT}, all interfaces)")
+    parser.add_argument("--web.telemetry-path", dest="telemetry_path", type=telemetry_path,
+                        default="/metrics", metavar="PATH",
+                        help="path of the metrics (default /metrics)")
+    parser.add_argument("--web.config.file", dest="web_config_file", metavar="PATH",
+                        help="exporter-toolkit web config: TLS and basic auth")
+    parser.add_argument("--log.level", dest="log_level", choices=list(LOG_LEVELS),
+                        default="info", help="default info")
+    return parser.parse_args(argv)
+
+
+class _Signals:
+    """What arrived: handled in the main loop, not in the signal handler."""
+
+    def __init__(self) -> None:
+        self.wake = threading.Event()
+        self.stop = False
+        self.reload = False
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
+
+    def _on_stop(self, _signum: int, _frame: object) -> None:
+        self.stop = True
+        self.wake.set()
+
+    def _on_reload(self, _signum: int, _frame: object) -> None:
+        self.reload = True
+        self.wake.set()
+
+
+def serve(args: argparse.Namespace, signals: _Signals) -> int:
+    web = load_web_config(args.web_config_file)
+    exporter = Exporter(args.config_file)
+    server: MetricsServer | None = None
+    try:
+        registry = CollectorRegistry()
+        registry.register(exporter)
+        ProcessCollector(registry=registry)
+        server = start_server(args.listen, registry, args.telemetry_path, web)
+        host, port = server.server_address[:2]
+        scheme = "https" if web.tls else "http"
+        log.info("listening on %s://%s:%d%s", scheme, host, port, args.telemetry_path)
+        while not signals.stop:
+            signals.wake.wait()
+            signals.wake.clear()
+            if signals.reload and not signals.stop:
+                signals.reload = False
+                _reload(exporter, server, args.web_config_file)
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        exporter.close()
+    log.info("stopped")
+    return 0
+
+
+def _reload(exporter: Exporter, server: MetricsServer, web_config_file: str | None) -> None:
+    exporter.reload()
+    try:
+        web = load_web_config(web_config_file)
+    except TcplifeError as err:
+        log.error("web config reload failed, keeping the previous one: %s", err)
+        return
+    server.apply(web)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    signals = _Signals()
+    signals.install()  # first, so that a signal during start-up also ends cleanly
+    args = parse_args(argv)
+    for level, name in LOG_LEVELS.items():
+        logging.addLevelName(name, level)  # logfmt style: level=info
+    logging.basicConfig(level=LOG_LEVELS[args.log_level], stream=sys.stderr,
+                        format="level=%(levelname)s msg=%(message)s")
+    logging.getLogger("tcplife_exporter.libbpf").setLevel(
+        logging.DEBUG if args.log_level == "debug" else logging.WARNING)
+    try:
+        return serve(args, signals)
+    except TcplifeError as err:
+        print(f"tcplife-exporter: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

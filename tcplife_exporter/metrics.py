@@ -1,0 +1,183 @@
+"""Prometheus metric families built from the kernel's folded series.
+
+Label values are rendered here: ports, families, remote-network names and
+process names. Process names are chosen by any local user, so they are
+decoded without failing (invalid UTF-8 becomes backslash escapes) and label
+sets that render the same are merged, never emitted twice.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
+
+from .folding import FoldOptions, OpenSession, Series
+
+OTHER = "other"
+OVERFLOW = "overflow"
+UNKNOWN_COMM = "unknown"
+_FAMILY_NAMES = {4: "ipv4", 6: "ipv6"}
+
+
+@dataclass
+class _Folded:
+    """Series values summed over every kernel label set that renders the same."""
+
+    failed_handshakes: int = 0
+    duration_sum_ns: int = 0
+    sent_sum: int = 0
+    received_sum: int = 0
+    duration: list[int] | None = None
+    sent: list[int] | None = None
+    received: list[int] | None = None
+
+    def add(self, series: Series) -> None:
+        self.failed_handshakes += series.failed_handshakes
+        self.duration_sum_ns += series.duration_sum_ns
+        self.sent_sum += series.sent_sum
+        self.received_sum += series.received_sum
+        self.duration = _add_lists(self.duration, series.duration)
+        self.sent = _add_lists(self.sent, series.sent)
+        self.received = _add_lists(self.received, series.received)
+
+
+def _add_lists(total: list[int] | None, more: list[int]) -> list[int]:
+    return list(more) if total is None else [a + b for a, b in zip(total, more)]
+
+
+class SessionLabels:
+    """The label names in use and how a kernel label set renders as values."""
+
+    def __init__(self, options: FoldOptions) -> None:
+        self._options = options
+        self.names = ["direction", "port", "family"]
+        if options.comm_label:
+            self.names.append("comm")
+        if options.networks:
+            self.names.append("remote_network")
+        self.open_names = [n for n in self.names if n != "comm"]  # unknown at an inbound birth
+        self._networks = [
+            (cidr, name) for name, cidrs in options.networks for cidr in cidrs
+        ]
+        self._networks.sort(key=lambda item: item[0].prefixlen, reverse=True)
+
+    def of_series(self, series: Series) -> tuple[str, ...]:
+        values = [series.direction, _port(series.port, series.overflow),
+                  _FAMILY_NAMES.get(series.family, str(series.family))]
+        if self._options.comm_label:
+            values.append(OVERFLOW if series.overflow else _comm(series.comm))
+        if self._options.networks:
+            values.append(OVERFLOW if series.overflow else self._network_name(series.network))
+        return tuple(values)
+
+    def of_open(self, session: OpenSession, auto_labelled: set[int]) -> tuple[str, ...]:
+        """An open session's labels, as its close will render them."""
+        port = session.service_port
+        low, high = self._options.ephemeral_ports
+        labelled = port in self._options.labelled_ports or (
+            self._options.auto_ports and not low <= port <= high and port in auto_labelled
+        )
+        values = [session.direction, _port(port if labelled else 0, False),
+                  _FAMILY_NAMES.get(session.family, str(session.family))]
+        if self._options.networks:
+            values.append(self._match_network(session.raddr))
+        return tuple(values)
+
+    def open_labels_of(self, series_labels: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(v for n, v in zip(self.names, series_labels) if n != "comm")
+
+    def _network_name(self, index: int) -> str:
+        if 0 < index <= len(self._options.networks):
+            return self._options.networks[index - 1][0]
+        return OTHER
+
+    def _match_network(self, raddr: bytes) -> str:
+        address = ipaddress.ip_address(raddr)
+        for cidr, name in self._networks:  # longest prefix first, as the LPM trie
+            if cidr.version == address.version and address in cidr:
+                return name
+        return OTHER
+
+
+def _port(port: int, overflow: bool) -> str:
+    if overflow:
+        return OVERFLOW
+    return str(port) if port else OTHER
+
+
+def _comm(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="backslashreplace") if raw else UNKNOWN_COMM
+
+
+def _le_values(bounds: Sequence[float]) -> list[str]:
+    return [floatToGoString(b) for b in bounds] + ["+Inf"]
+
+
+def _add_histogram(family: HistogramMetricFamily, labels: tuple[str, ...], le: list[str],
+                   counts: list[int], total: float) -> None:
+    """Kernel slots are per bucket; Prometheus buckets count everything up to `le`."""
+    buckets, running = [], 0
+    for bound, count in zip(le, counts):
+        running += count
+        buckets.append((bound, running))
+    family.add_metric(list(labels), buckets, total)
+
+
+def session_families(
+    options: FoldOptions,
+    series: Iterable[Series],
+    open_sessions: Iterable[OpenSession],
+    auto_labelled: set[int],
+) -> list[Metric]:
+    """The session metrics of one scrape."""
+    labels = SessionLabels(options)
+    folded: dict[tuple[str, ...], _Folded] = {}
+    for one in series:
+        folded.setdefault(labels.of_series(one), _Folded()).add(one)
+
+    duration_le = _le_values([ns / 1e9 for ns in options.duration_bounds_ns])
+    bytes_le = _le_values(options.bytes_bounds)
+    duration = HistogramMetricFamily(
+        "tcplife_session_duration_seconds",
+        "Lifespan of closed TCP sessions, from the first SYN to the close.",
+        labels=labels.names)
+    sent = HistogramMetricFamily(
+        "tcplife_session_sent_bytes",
+        "Payload bytes sent and acknowledged per closed TCP session.",
+        labels=labels.names)
+    received = HistogramMetricFamily(
+        "tcplife_session_received_bytes",
+        "Payload bytes received per closed TCP session.",
+        labels=labels.names)
+    failures = CounterMetricFamily(
+        "tcplife_handshake_failures",
+        "TCP connections closed before their handshake completed (refused, timed out, reset).",
+        labels=labels.names)
+    open_gauge = GaugeMetricFamily(
+        "tcplife_sessions_open",
+        "TCP sessions opened since the exporter (re)loaded and not closed yet.",
+        labels=labels.open_names)
+
+    open_counts: dict[tuple[str, ...], int] = {}
+    for label_values, values in folded.items():
+        open_counts.setdefault(labels.open_labels_of(label_values), 0)
+        _add_histogram(duration, label_values, duration_le, values.duration,
+                       values.duration_sum_ns / 1e9)
+        _add_histogram(sent, label_values, bytes_le, values.sent, values.sent_sum)
+        _add_histogram(received, label_values, bytes_le, values.received, values.received_sum)
+        failures.add_metric(list(label_values), values.failed_handshakes)
+    for session in open_sessions:
+        key = labels.of_open(session, auto_labelled)
+        open_counts[key] = open_counts.get(key, 0) + 1
+    for label_values, count in sorted(open_counts.items()):
+        open_gauge.add_metric(list(label_values), count)
+    return [duration, sent, received, failures, open_gauge]

@@ -1,0 +1,260 @@
+"""The HTTP endpoint: landing page, metrics, TLS and basic auth.
+
+``--web.config.file`` takes the Prometheus exporter-toolkit format
+(``tls_server_config``, ``basic_auth_users`` with bcrypt hashes). Each
+connection gets its own thread with a read timeout, and the TLS handshake
+happens in that thread, so a client that connects and sends nothing cannot
+hold up other scrapes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import hmac
+import html
+import logging
+import os
+import re
+import socket
+import ssl
+import threading
+from base64 import b64decode
+from binascii import Error as Base64Error
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import bcrypt
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .errors import TcplifeError
+from .yamlfile import YamlReader, read_text
+
+log = logging.getLogger(__name__)
+
+CONNECTION_TIMEOUT_S = 10
+_BCRYPT_HASH = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
+_CLIENT_AUTH = {
+    "NoClientCert": ssl.CERT_NONE,
+    "RequestClientCert": ssl.CERT_OPTIONAL,
+    "RequireAnyClientCert": ssl.CERT_REQUIRED,
+    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
+}
+_TLS_VERSIONS = {
+    "TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3,
+}
+
+
+class WebConfigError(TcplifeError):
+    """The web config file is unreadable or invalid."""
+
+
+@dataclass
+class WebConfig:
+    tls: ssl.SSLContext | None = None
+    users: dict[str, bytes] = field(default_factory=dict)  # user -> bcrypt hash
+
+
+def load_web_config(path: str | None) -> WebConfig:
+    if path is None:
+        return WebConfig()
+    reader = YamlReader(path, WebConfigError)
+    root = reader.root(read_text(path, "web config file", WebConfigError))
+    if root is None:
+        return WebConfig()
+    entries = reader.mapping(root, ["tls_server_config", "basic_auth_users"])
+    config = WebConfig()
+    base = os.path.dirname(os.path.abspath(path))
+    if "tls_server_config" in entries and not reader.is_null(entries["tls_server_config"]):
+        config.tls = _tls_context(reader, entries["tls_server_config"], base)
+    if "basic_auth_users" in entries and not reader.is_null(entries["basic_auth_users"]):
+        for user, node in reader.mapping(entries["basic_auth_users"], None).items():
+            hashed = reader.string(node)
+            if not _BCRYPT_HASH.match(hashed):
+                raise reader.error(node, "is not a bcrypt hash (expected $2b$<cost>$...)")
+            config.users[user] = hashed.encode()
+    return config
+
+
+def _tls_context(reader: YamlReader, node, base: str) -> ssl.SSLContext:
+    entries = reader.mapping(node, ["cert_file", "key_file", "client_ca_file",
+                                    "client_auth_type", "min_version", "max_version"])
+    for required in ("cert_file", "key_file"):
+        if required not in entries:
+            raise reader.error(node, f"{required} is required for TLS")
+    paths = {key: os.path.join(base, reader.string(entries[key]))
+             for key in ("cert_file", "key_file", "client_ca_file") if key in entries}
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    for key in ("min_version", "max_version"):
+        if key in entries:
+            name = reader.string(entries[key])
+            if name not in _TLS_VERSIONS:
+                raise reader.error(entries[key], f"must be one of {', '.join(_TLS_VERSIONS)}")
+            setattr(context, key.replace("_version", "imum_version"), _TLS_VERSIONS[name])
+    try:
+        context.load_cert_chain(paths["cert_file"], paths["key_file"])
+    except (OSError, ssl.SSLError) as err:
+        raise reader.error(entries["cert_file"],
+                           f"cannot load {paths['cert_file']} with {paths['key_file']}: "
+                           f"{getattr(err, 'strerror', None) or err}") from None
+    auth = "NoClientCert"
+    if "client_auth_type" in entries:
+        auth = reader.string(entries["client_auth_type"])
+        if auth not in _CLIENT_AUTH:
+            raise reader.error(entries["client_auth_type"],
+                               f"must be one of {', '.join(_CLIENT_AUTH)}")
+    context.verify_mode = _CLIENT_AUTH[auth]
+    if "client_ca_file" in paths:
+        try:
+            context.load_verify_locations(paths["client_ca_file"])
+        except (OSError, ssl.SSLError) as err:
+            raise reader.error(entries["client_ca_file"], f"cannot load: {err}") from None
+    elif auth.startswith("RequireAndVerify") or auth.startswith("VerifyClient"):
+        raise reader.error(node, f"client_auth_type {auth} needs client_ca_file")
+    return context
+
+
+class _Credentials:
+    """Basic-auth checks; bcrypt is slow on purpose, so successes are cached."""
+
+    def __init__(self, users: dict[str, bytes]) -> None:
+        self._users = users
+        self._good: set[bytes] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def required(self) -> bool:
+        return bool(self._users)
+
+    def check(self, header: str | None) -> bool:
+        if not header or not header.startswith("Basic "):
+            return False
+        try:
+            user, _, password = b64decode(header[6:], validate=True).decode().partition(":")
+        except (Base64Error, UnicodeDecodeError):
+            return False
+        hashed = self._users.get(user)
+        if hashed is None:
+            return False
+        token = hashlib.sha256(hashed + b"\0" + password.encode()).digest()
+        with self._lock:
+            if any(hmac.compare_digest(token, good) for good in self._good):
+                return True
+        if not bcrypt.checkpw(password.encode(), hashed):
+            return False
+        with self._lock:
+            self._good.add(token)
+        return True
+
+
+class MetricsServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, address: tuple[str, int], registry: CollectorRegistry,
+                 telemetry_path: str, web: WebConfig) -> None:
+        self.registry = registry
+        self.telemetry_path = telemetry_path
+        self.apply(web)
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+
+    def apply(self, web: WebConfig) -> None:
+        """Use this TLS and auth setup from the next connection on."""
+        self.tls = web.tls
+        self.credentials = _Credentials(web.users)
+
+    def finish_request(self, request, client_address) -> None:
+        request.settimeout(CONNECTION_TIMEOUT_S)
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        try:
+            wrapped = self.tls.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as err:
+            log.debug("TLS handshake with %s failed: %s", client_address[0], err)
+            return
+        try:
+            super().finish_request(wrapped, client_address)
+        finally:
+            wrapped.close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: MetricsServer
+    protocol_version = "HTTP/1.1"
+    server_version = "tcplife-exporter"
+
+    def do_GET(self) -> None:
+        if self.server.credentials.required and not self.server.credentials.check(
+            self.headers.get("Authorization")
+        ):
+            self._send(401, b"Unauthorized\n", "text/plain; charset=utf-8",
+                       {"WWW-Authenticate": 'Basic realm="tcplife-exporter"'})
+            return
+        path = self.path.split("?", 1)[0]
+        if path == self.server.telemetry_path:
+            self._send_metrics()
+        elif path == "/":
+            self._send(200, _landing_page(self.server.telemetry_path),
+                       "text/html; charset=utf-8")
+        else:
+            self._send(404, b"Not Found\n", "text/plain; charset=utf-8")
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def _send_metrics(self) -> None:
+        try:
+            body = generate_latest(self.server.registry)
+        except TcplifeError as err:
+            log.error("scrape failed: %s", err)
+            self._send(500, f"scrape failed: {err}\n".encode(), "text/plain; charset=utf-8")
+            return
+        headers = {}
+        if "gzip" in self.headers.get("Accept-Encoding", ""):
+            body = gzip.compress(body, compresslevel=1)
+            headers["Content-Encoding"] = "gzip"
+        self._send(200, body, CONTENT_TYPE_LATEST, headers)
+
+    def _send(self, status: int, body: bytes, content_type: str,
+              headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+def _landing_page(telemetry_path: str) -> bytes:
+    path = html.escape(telemetry_path)
+    return (
+        "<!DOCTYPE html>\n<html><head><title>tcplife-exporter</title></head><body>\n"
+        "<h1>tcplife-exporter</h1>\n"
+        "<p>Lifespans, bytes and counts of closed TCP sessions, folded in the kernel.</p>\n"
+        f'<p><a href="{path}">Metrics</a></p>\n</body></html>\n'
+    ).encode()
+
+
+def start_server(address: tuple[str, int], registry: CollectorRegistry, telemetry_path: str,
+                 web: WebConfig) -> MetricsServer:
+    """Bind and serve in a background thread."""
+    try:
+        server = MetricsServer(address, registry, telemetry_path, web)
+    except OSError as err:
+        host, port = address
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise TcplifeError(f"cannot listen on {shown}: {err.strerror}") from None
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    return server

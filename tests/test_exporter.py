@@ -1,0 +1,284 @@
+"""The exporter's folded metrics against real sessions with known sizes and hold times."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+
+from tcplife_exporter.folding import ephemeral_port_range
+
+from .exporting import ExporterProcess, select, total, value
+from .traffic import Load, free_port, refused_connects, run_load
+
+DURATION = "tcplife_session_duration_seconds"
+SENT = "tcplife_session_sent_bytes"
+RECEIVED = "tcplife_session_received_bytes"
+
+
+def both_closed(port: int, count: int):
+    """A scrape predicate: `count` sessions on `port` folded for each direction."""
+    def done(samples) -> bool:
+        return all(value(samples, f"{DURATION}_count", direction=d, port=str(port),
+                         family="ipv4") == count for d in ("inbound", "outbound"))
+    return done
+
+
+def buckets(samples, name: str, **labels: str) -> dict[str, float]:
+    return {dict(lab)["le"]: v for lab, v in select(samples, f"{name}_bucket", **labels).items()}
+
+
+# Scrapes are TCP sessions too: tests that count every session keep to IPv6
+# and filter on it, while the exporter is scraped over IPv4.
+IPV6_ONLY = "filters: {family: ipv6}\n"
+V6 = "::1"
+
+
+@pytest.fixture
+def ports() -> tuple[int, int]:
+    return free_port(socket.AF_INET6), free_port(socket.AF_INET6)
+
+
+def test_counts_sums_and_buckets_are_exact(tmp_path, ports):
+    quick, slow = ports
+    config = f"""
+buckets:
+  duration_seconds: [0.005, 0.1, 10]
+  bytes: [100, 1024, 4096]
+ports: {{labelled: [{quick}, {slow}], auto: false}}
+"""
+    with ExporterProcess(config, workdir=tmp_path) as exporter:
+        # 1024 bytes sit exactly on a bound: `le` is inclusive.
+        run_load(Load(port=quick, count=25, client_sends=1024, server_sends=1025))
+        run_load(Load(port=slow, count=10, client_sends=100, server_sends=0, hold_s=0.02))
+        samples = exporter.wait_until(
+            lambda s: both_closed(quick, 25)(s) and both_closed(slow, 10)(s))
+
+    for port, count, up, down in ((quick, 25, 1024, 1025), (slow, 10, 100, 0)):
+        out = dict(direction="outbound", port=str(port), family="ipv4")
+        into = dict(direction="inbound", port=str(port), family="ipv4")
+        for labels in (out, into):
+            assert value(samples, f"{DURATION}_count", **labels) == count
+            assert value(samples, f"{SENT}_count", **labels) == count
+            assert value(samples, f"{RECEIVED}_count", **labels) == count
+        assert value(samples, f"{SENT}_sum", **out) == count * up
+        assert value(samples, f"{RECEIVED}_sum", **out) == count * down
+        assert value(samples, f"{SENT}_sum", **into) == count * down
+        assert value(samples, f"{RECEIVED}_sum", **into) == count * up
+
+    out = dict(direction="outbound", port=str(quick), family="ipv4")
+    into = dict(direction="inbound", port=str(quick), family="ipv4")
+    assert buckets(samples, SENT, **out) == {"100.0": 0, "1024.0": 25, "4096.0": 25, "+Inf": 25}
+    assert buckets(samples, SENT, **into) == {"100.0": 0, "1024.0": 0, "4096.0": 25, "+Inf": 25}
+    assert buckets(samples, RECEIVED, **into)["1024.0"] == 25
+    slow_out = dict(direction="outbound", port=str(slow), family="ipv4")
+    # 100 bytes on the bound; 0 bytes in the first bucket too.
+    assert buckets(samples, SENT, **slow_out)["100.0"] == 10
+    assert buckets(samples, RECEIVED, **slow_out)["100.0"] == 10
+    # Held 20 ms: above 5 ms, far below 100 ms.
+    assert buckets(samples, DURATION, **slow_out) == {"0.005": 0, "0.1": 10, "10.0": 10,
+                                                      "+Inf": 10}
+    mean = value(samples, f"{DURATION}_sum", **slow_out) / 10
+    assert 0.02 <= mean < 0.1
+
+
+def test_ipv6_sessions_get_their_family(tmp_path):
+    port = free_port(socket.AF_INET6)
+    config = f"ports: {{labelled: [{port}], auto: false}}\n"
+    with ExporterProcess(config, workdir=tmp_path) as exporter:
+        run_load(Load(port=port, count=3, client_sends=10, server_sends=20, server_addr="::1"))
+        samples = exporter.wait_until(lambda s: total(s, f"{SENT}_sum", port=str(port)) == 90)
+    for direction, sent in (("outbound", 30), ("inbound", 60)):
+        labels = dict(direction=direction, port=str(port), family="ipv6")
+        assert value(samples, f"{SENT}_count", **labels) == 3
+        assert value(samples, f"{SENT}_sum", **labels) == sent
+
+
+def test_unlisted_and_ephemeral_ports_fold_into_other(tmp_path, ports):
+    listed, unlisted = ports
+    low, high = ephemeral_port_range()
+    ephemeral = next(p for p in range(high, low, -1) if _bindable(p))
+    config = f"ports: {{labelled: [{listed}], auto: false}}\n" + IPV6_ONLY
+    with ExporterProcess(config, workdir=tmp_path) as exporter:
+        run_load(Load(port=listed, count=2, server_addr=V6))
+        run_load(Load(port=unlisted, count=3, server_addr=V6))
+        samples = exporter.wait_until(
+            lambda s: total(s, f"{DURATION}_count") == 10)
+    assert total(samples, f"{DURATION}_count", port="other") == 6
+    assert total(samples, f"{DURATION}_count", port=str(listed)) == 4
+    assert not select(samples, f"{DURATION}_count", port=str(unlisted))
+
+    with ExporterProcess("ports: {auto: true}\n" + IPV6_ONLY, workdir=tmp_path) as exporter:
+        run_load(Load(port=ephemeral, count=2, server_addr=V6))
+        run_load(Load(port=listed, count=1, server_addr=V6))
+        samples = exporter.wait_until(lambda s: total(s, f"{DURATION}_count") == 6)
+    assert total(samples, f"{DURATION}_count", port="other") == 4
+    assert total(samples, f"{DURATION}_count", port=str(listed)) == 2
+    port_labels = {dict(lab)["port"] for lab in select(samples, f"{DURATION}_count")}
+    assert str(ephemeral) not in port_labels
+    assert all(p in ("other", "overflow") or not low <= int(p) <= high for p in port_labels)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET6) as probe:
+        try:
+            probe.bind((V6, port))
+        except OSError:
+            return False
+    return True
+
+
+def test_label_set_cap_folds_the_rest_into_overflow(tmp_path, ports):
+    port = ports[0]
+    config = f"""
+ports: {{labelled: [{port}], auto: false}}
+labels: {{comm: true}}
+limits: {{max_label_sets: 2}}
+""" + IPV6_ONLY
+    with ExporterProcess(config, workdir=tmp_path) as exporter:
+        for name in (b"cap-a", b"cap-b", b"cap-c", b"cap-d"):
+            run_load(Load(port=port, count=2, client_comm=name, server_comm=b"cap-srv",
+                          server_addr=V6))
+        samples = exporter.wait_until(
+            lambda s: total(s, f"{DURATION}_count") == 16)
+    assert total(samples, f"{DURATION}_count") == 16  # nothing lost
+    overflow = total(samples, f"{DURATION}_count", port="overflow", comm="overflow")
+    labelled = total(samples, f"{DURATION}_count") - overflow
+    # The first two label sets: the server's (all 8 inbound) and cap-a's outbound.
+    assert labelled == 10
+    assert value(samples, f"{DURATION}_count", direction="outbound", port=str(port),
+                 family="ipv6", comm="cap-a") == 2
+    assert overflow == 6
+    assert value(samples, f"{DURATION}_count", direction="outbound", port="overflow",
+                 family="ipv6", comm="overflow") == 6
+    assert value(samples, "tcplife_exporter_series_overflow_sessions_total") == 6
+    assert value(samples, "tcplife_exporter_label_sets") == 2
+
+
+def test_auto_port_limit_counts_what_it_folds(tmp_path):
+    first, second, third = (free_port(socket.AF_INET6) for _ in range(3))
+    config = "ports: {auto: true, auto_limit: 1}\n" + IPV6_ONLY
+    with ExporterProcess(config, workdir=tmp_path) as exporter:
+        run_load(Load(port=first, count=2, server_addr=V6))
+        run_load(Load(port=second, count=1, server_addr=V6))
+        run_load(Load(port=third, count=1, server_addr=V6))
+        samples = exporter.wait_until(lambda s: total(s, f"{DURATION}_count") == 8)
+    # The first port seen takes the only label; the others fold into "other".
+    counts = {dict(lab)["port"]: v for lab, v in select(samples, f"{DURATION}_count").items()
+              if v}
+    assert counts[str(first)] == 2 and counts["other"] == 2
+    assert value(samples, "tcplife_exporter_port_limit_sessions_total") == 4
+
+
+def test_comm_label_survives_hostile_process_names(tmp_path, ports):
+    port = ports[0]
+    hostile = b'a"b\\c\nd}e\xff{'
+    config = f"ports: {{labelled: [{port}], auto: false}}\nlabels: {{comm: true}}\n" + IPV6_ONLY
+    with ExporterProcess(config, workdir=tmp_path) as exporter:
+        run_load(Load(port=port, count=2, client_comm=hostile, server_comm=b"plain",
+                      server_addr=V6))
+        samples = exporter.wait_until(lambda s: total(s, f"{DURATION}_count") == 4)
+        text = exporter.scrape_text()
+    comms = {dict(lab)["comm"] for lab in select(samples, f"{DURATION}_count", port=str(port))}
+    assert comms == {'a"b\\c\nd}e\\xff{', "plain"}
+    assert "\nd}" not in text  # the newline is escaped, not injected
+
+
+def test_remote_network_label_takes_the_longest_prefix(tmp_path, ports):
+    port = ports[0]
+    config = f"""
+ports: {{labelled: [{port}], auto: false}}
+remote_networks:
+  server-host: [127.0.0.2/32]
+  loopback: [127.0.0.0/8, "::1/128"]
+  unused: [192.0.2.0/24]
+"""
+    with ExporterProcess(config, workdir=tmp_path) as exporter:
+        run_load(Load(port=port, count=3, server_addr="127.0.0.2", client_addr="127.0.0.3"))
+        samples = exporter.wait_until(both_closed(port, 3))
+    assert value(samples, f"{DURATION}_count", direction="outbound", port=str(port),
+                 family="ipv4", remote_network="server-host") == 3
+    assert value(samples, f"{DURATION}_count", direction="inbound", port=str(port),
+                 family="ipv4", remote_network="loopback") == 3
+
+
+def test_sessions_open_gauge_and_failed_handshakes(tmp_path, ports):
+    port, closed_port = ports
+    config = f"ports: {{labelled: [{port}, {closed_port}], auto: false}}\n"
+    with ExporterProcess(config, workdir=tmp_path) as exporter:
+        listener = socket.create_server(("127.0.0.1", port))
+        client = socket.create_connection(("127.0.0.1", port))
+        server, _ = listener.accept()
+        gauge = "tcplife_sessions_open"
+        samples = exporter.wait_until(
+            lambda s: total(s, gauge, port=str(port)) == 2)
+        for direction in ("inbound", "outbound"):
+            assert value(samples, gauge, direction=direction, port=str(port), family="ipv4") == 1
+        client.close()
+        server.close()
+        listener.close()
+        samples = exporter.wait_until(both_closed(port, 1))
+        assert total(samples, gauge, port=str(port)) == 0
+
+        refused_connects(closed_port, 3)
+        samples = exporter.wait_until(
+            lambda s: total(s, "tcplife_handshake_failures_total", port=str(closed_port)) == 3)
+    assert value(samples, "tcplife_handshake_failures_total", direction="outbound",
+                 port=str(closed_port), family="ipv4") == 3
+    # A refused connection is not a session: no lifespan for it.
+    assert total(samples, f"{DURATION}_count", port=str(closed_port)) == 0
+
+
+def test_sessions_opened_before_start_are_counted_not_folded(tmp_path, ports):
+    port = ports[0]
+    listener = socket.create_server(("127.0.0.1", port))
+    client = socket.create_connection(("127.0.0.1", port))
+    server, _ = listener.accept()
+    config = f"ports: {{labelled: [{port}], auto: false}}\n"
+    with ExporterProcess(config, workdir=tmp_path) as exporter:
+        client.close()
+        server.close()
+        listener.close()
+        samples = exporter.wait_until(
+            lambda s: value(s, "tcplife_exporter_sessions_birth_unseen_total") >= 2)
+    assert value(samples, "tcplife_exporter_sessions_birth_unseen_total") >= 2
+    assert total(samples, f"{DURATION}_count", port=str(port)) == 0
+
+
+def test_self_metrics_are_present(tmp_path):
+    with ExporterProcess(workdir=tmp_path) as exporter:
+        samples = exporter.scrape()
+    names = {name for name, _ in samples}
+    for name in (
+        "tcplife_exporter_build_info",
+        "tcplife_exporter_sessions_birth_unseen_total",
+        "tcplife_exporter_series_overflow_sessions_total",
+        "tcplife_exporter_port_limit_sessions_total",
+        "tcplife_exporter_ringbuf_drops_total",
+        "tcplife_exporter_bpf_recursion_misses_total",
+        "tcplife_exporter_config_last_reload_successful",
+        "tcplife_exporter_config_last_reload_success_timestamp_seconds",
+        "tcplife_exporter_label_sets_limit",
+        "process_resident_memory_bytes",
+    ):
+        assert name in names, name
+    failures = select(samples, "tcplife_exporter_map_insert_failures_total")
+    assert {dict(lab)["map"] for lab in failures} == {"sessions", "series"}
+
+
+def test_no_records_are_emitted_when_nothing_consumes_them(tmp_path, ports):
+    """The exporter keeps only a one-page ring buffer that nobody reads: were
+    records emitted, it would fill after ~40 sessions and count drops."""
+    port = ports[0]
+    with ExporterProcess(IPV6_ONLY, workdir=tmp_path) as exporter:
+        loads = [Load(port=p, count=500, server_addr=V6)
+                 for p in (port, free_port(socket.AF_INET6))]
+        threads = [threading.Thread(target=run_load, args=(load,)) for load in loads]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        samples = exporter.wait_until(lambda s: total(s, f"{DURATION}_count") >= 2000)
+    assert total(samples, f"{DURATION}_count") == 2000
+    assert value(samples, "tcplife_exporter_ringbuf_drops_total") == 0
