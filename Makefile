@@ -1,16 +1,25 @@
-# Two entry points for a fresh Debian 12 / Ubuntu 24.04 machine, as root:
-#   make run    installs what is missing, builds, and traces sessions (tcplife)
-#   make test   installs what is missing, builds, and runs the whole test suite
+# Entry points for a fresh Debian 12 / Ubuntu 24.04 machine, as root:
+#   make run      installs what is missing, builds, and starts tcplife-exporter
+#                 with config.example.yaml on http://localhost:19525/metrics
+#   make tcplife  the same, but prints sessions live (the tcplife command)
+#   make test     installs what is missing, builds, and runs the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
 BPF_OBJ := tcplife_exporter/bpf/tcplife.bpf.o
 BPF_SRC := bpf/tcplife.bpf.c bpf/tcplife.h bpf/kernel.h
 MULTIARCH := $(shell gcc -dumpmachine 2>/dev/null || echo $$(uname -m)-linux-gnu)
-APT_PACKAGES := clang llvm libbpf-dev libbpf1 gcc make python3-venv python3-pip iproute2
+# Build: clang llvm libbpf-dev gcc make. Run: libbpf1, python3-venv/pip.
+# Tests: iproute2 (netns), bpftool (attached programs), openssl (TLS
+# certificates), prometheus (a real server scraping the exporter).
+APT_PACKAGES := clang llvm libbpf-dev libbpf1 gcc make python3-venv python3-pip iproute2 \
+	bpftool openssl prometheus
 
-.PHONY: run test bpf deps venv lint clean
+.PHONY: run tcplife test bpf deps venv lint clean
 
 run: venv
+	$(VENV)/bin/tcplife-exporter --config.file config.example.yaml
+
+tcplife: venv
 	$(VENV)/bin/tcplife
 
 test: venv
@@ -28,7 +37,7 @@ deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing:" $$missing; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
 venv: deps $(BPF_OBJ)

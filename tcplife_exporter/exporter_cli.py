@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from typing import NoReturn
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 
@@ -41,8 +42,14 @@ def telemetry_path(text: str) -> str:
     return text
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line, not the usage block: the way the other errors look."""
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tcplife-exporter",
         description="Export lifespans, bytes and counts of closed TCP sessions to Prometheus. "
                     "Sessions are folded into histograms in the kernel by a BPF program on "

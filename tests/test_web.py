@@ -1,0 +1,148 @@
+"""The HTTP endpoint: pages, paths, TLS, basic auth and start-up errors."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import ssl
+import subprocess
+import urllib.error
+import urllib.request
+
+import bcrypt
+import pytest
+
+from .exporting import EXPORTER, ExporterProcess, parse_samples
+from .tracing import REPO
+
+
+def get(url: str, user: str | None = None, password: str = "",
+        context: ssl.SSLContext | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url)
+    if user is not None:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def run_exporter(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*EXPORTER, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=30)
+
+
+def test_landing_page_custom_path_and_not_found(tmp_path):
+    args = ["--web.telemetry-path", "/custom"]
+    with ExporterProcess(args=args, workdir=tmp_path) as exporter:
+        base = f"http://127.0.0.1:{exporter.port}"
+        status, page = get(base + "/")
+        assert status == 200 and 'href="/custom"' in page
+        status, body = get(base + "/custom")
+        assert status == 200 and "tcplife_exporter_build_info" in body
+        assert get(base + "/metrics")[0] == 404
+        assert get(base + "/nothing/here")[0] == 404
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1, made with openssl."""
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "2", "-subj", "/CN=tcplife-test", "-addext",
+         "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True)
+    return cert, key
+
+
+def write_web_config(tmp_path, text: str):
+    path = tmp_path / "web.yaml"
+    path.write_text(text)
+    return ["--web.config.file", str(path)]
+
+
+def test_tls_and_basic_auth(tmp_path, certificate):
+    cert, key = certificate
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    web = write_web_config(tmp_path, f"""
+tls_server_config:
+  cert_file: {cert}
+  key_file: {key}
+basic_auth_users:
+  alice: {hashed}
+""")
+    trusting = ssl.create_default_context(cafile=str(cert))
+    with ExporterProcess(args=web, workdir=tmp_path) as exporter:
+        url = f"https://127.0.0.1:{exporter.port}/metrics"
+        status, body = get(url, "alice", "s3cret", context=trusting)
+        assert status == 200
+        assert any(name == "tcplife_exporter_build_info" for name, _ in parse_samples(body))
+        assert get(url, "alice", "wrong", context=trusting)[0] == 401
+        assert get(url, "mallory", "s3cret", context=trusting)[0] == 401
+        assert get(url, context=trusting)[0] == 401
+        assert get(f"https://127.0.0.1:{exporter.port}/", context=trusting)[0] == 401
+        # The handshake really is TLS: an untrusting client refuses the certificate,
+        # and plain HTTP gets no answer.
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            get(url, "alice", "s3cret", context=ssl.create_default_context())
+        with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+            get(f"http://127.0.0.1:{exporter.port}/metrics", "alice", "s3cret")
+        # After all that, it still serves.
+        assert get(url, "alice", "s3cret", context=trusting)[0] == 200
+
+
+def test_a_silent_client_does_not_block_scrapes(tmp_path, certificate):
+    cert, key = certificate
+    web = write_web_config(tmp_path, f"tls_server_config: {{cert_file: {cert}, "
+                                     f"key_file: {key}}}\n")
+    trusting = ssl.create_default_context(cafile=str(cert))
+    with ExporterProcess(args=web, workdir=tmp_path) as exporter:
+        silent = [socket.create_connection(("127.0.0.1", exporter.port)) for _ in range(5)]
+        try:
+            status, _ = get(f"https://127.0.0.1:{exporter.port}/metrics", context=trusting)
+            assert status == 200
+        finally:
+            for sock in silent:
+                sock.close()
+
+
+def test_port_in_use_is_one_line(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = run_exporter("--web.listen-address", f"127.0.0.1:{port}")
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"tcplife-exporter: cannot listen on 127.0.0.1:{port}: Address already in use")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--web.listen-address", "localhost"], "is not host:port"),
+    (["--web.listen-address", ":99999"], "is not host:port"),
+    (["--web.listen-address", "::1:80"], "put an IPv6 address in brackets"),
+    (["--web.telemetry-path", "metrics"], "must start with '/'"),
+    (["--log.level", "loud"], "invalid choice: 'loud'"),
+])
+def test_bad_flags_are_one_line(args, message):
+    done = run_exporter(*args)
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1 and message in done.stderr
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("tls_server_config: {cert_file: /nonexistent/cert.pem, key_file: /nonexistent/key.pem}\n",
+     "cannot load /nonexistent/cert.pem"),
+    ("tls_server_config: {cert_file: c.pem}\n", "key_file is required for TLS"),
+    ("basic_auth_users: {alice: plaintext}\n", "basic_auth_users.alice: is not a bcrypt hash"),
+    ("basic_auth_user: {}\n", "unknown key; did you mean 'basic_auth_users'?"),
+    ("tls_server_config: {cert_file: a, key_file: b, min_version: SSL3}\n",
+     "tls_server_config.min_version: must be one of"),
+])
+def test_bad_web_configs_are_one_line(tmp_path, text, message):
+    done = run_exporter(*write_web_config(tmp_path, text))
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "web.yaml" in lines[0], done.stderr
