@@ -33,7 +33,7 @@ class _Folded:
     """Series values summed over every kernel label set that renders the same."""
 
     failed_handshakes: int = 0
-    duration_sum_ns: int = 0
+    duration_sum: int = 0  # nanoseconds
     sent_sum: int = 0
     received_sum: int = 0
     duration: list[int] | None = None
@@ -42,7 +42,7 @@ class _Folded:
 
     def add(self, series: Series) -> None:
         self.failed_handshakes += series.failed_handshakes
-        self.duration_sum_ns += series.duration_sum_ns
+        self.duration_sum += series.duration_sum_ns
         self.sent_sum += series.sent_sum
         self.received_sum += series.received_sum
         self.duration = _add_lists(self.duration, series.duration)
@@ -146,18 +146,21 @@ def session_families(
 
     duration_le = _le_values([ns / 1e9 for ns in options.duration_bounds_ns])
     bytes_le = _le_values(options.bytes_bounds)
-    duration = HistogramMetricFamily(
-        "tcplife_session_duration_seconds",
-        "Lifespan of closed TCP sessions, from the first SYN to the close.",
-        labels=labels.names)
-    sent = HistogramMetricFamily(
-        "tcplife_session_sent_bytes",
-        "Payload bytes sent and acknowledged per closed TCP session.",
-        labels=labels.names)
-    received = HistogramMetricFamily(
-        "tcplife_session_received_bytes",
-        "Payload bytes received per closed TCP session.",
-        labels=labels.names)
+    # (family, its `le` values, which field of _Folded, divisor of the sum to base units)
+    histograms = [
+        (HistogramMetricFamily(name, documentation, labels=labels.names), le, field, unit)
+        for name, documentation, le, field, unit in (
+            ("tcplife_session_duration_seconds",
+             "Lifespan of closed TCP sessions, from the first SYN to the close.",
+             duration_le, "duration", 1e9),
+            ("tcplife_session_sent_bytes",
+             "Payload bytes sent and acknowledged per closed TCP session.",
+             bytes_le, "sent", 1),
+            ("tcplife_session_received_bytes",
+             "Payload bytes received per closed TCP session.",
+             bytes_le, "received", 1),
+        )
+    ]
     failures = CounterMetricFamily(
         "tcplife_handshake_failures",
         "TCP connections closed before their handshake completed (refused, timed out, reset).",
@@ -170,14 +173,13 @@ def session_families(
     open_counts: dict[tuple[str, ...], int] = {}
     for label_values, values in folded.items():
         open_counts.setdefault(labels.open_labels_of(label_values), 0)
-        _add_histogram(duration, label_values, duration_le, values.duration,
-                       values.duration_sum_ns / 1e9)
-        _add_histogram(sent, label_values, bytes_le, values.sent, values.sent_sum)
-        _add_histogram(received, label_values, bytes_le, values.received, values.received_sum)
+        for family, le, field, unit in histograms:
+            _add_histogram(family, label_values, le, getattr(values, field),
+                           getattr(values, f"{field}_sum") / unit)
         failures.add_metric(list(label_values), values.failed_handshakes)
     for session in open_sessions:
         key = labels.of_open(session, auto_labelled)
         open_counts[key] = open_counts.get(key, 0) + 1
     for label_values, count in sorted(open_counts.items()):
         open_gauge.add_metric(list(label_values), count)
-    return [duration, sent, received, failures, open_gauge]
+    return [family for family, *_ in histograms] + [failures, open_gauge]
