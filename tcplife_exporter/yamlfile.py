@@ -81,7 +81,8 @@ class YamlReader:
             key = self.value(Node(key_node, node.path))
             if not isinstance(key, str):
                 raise self.error(Node(key_node, node.path), f"key {key!r} must be a string")
-            child = Node(value_node, f"{node.path}.{key}" if node.path else key)
+            shown = key if key.isprintable() else repr(key)  # keep messages one line
+            child = Node(value_node, f"{node.path}.{shown}" if node.path else shown)
             if key in entries:
                 raise self.error(child, "appears twice")
             if allowed is not None and key not in allowed:

@@ -282,3 +282,24 @@ def test_no_records_are_emitted_when_nothing_consumes_them(tmp_path, ports):
         samples = exporter.wait_until(lambda s: total(s, f"{DURATION}_count") >= 2000)
     assert total(samples, f"{DURATION}_count") == 2000
     assert value(samples, "tcplife_exporter_ringbuf_drops_total") == 0
+
+
+def test_a_full_session_table_is_counted_and_adds_up(tmp_path, ports):
+    """With room for 2 open sessions, 3 connections (6 sessions) open at once:
+    inserts fail for 4 of them (again at close() when the table is still full),
+    and every session is either folded or counted as unseen."""
+    port = ports[0]
+    config = "limits: {max_open_sessions: 2}\n" + IPV6_ONLY
+    with ExporterProcess(config, workdir=tmp_path) as exporter:
+        listener = socket.create_server((V6, port), family=socket.AF_INET6)
+        clients = [socket.create_connection((V6, port)) for _ in range(3)]
+        servers = [listener.accept()[0] for _ in clients]
+        for sock in clients + servers:
+            sock.close()
+        listener.close()
+        unseen = "tcplife_exporter_sessions_birth_unseen_total"
+        samples = exporter.wait_until(
+            lambda s: total(s, f"{DURATION}_count") + value(s, unseen) == 6)
+    assert value(samples, "tcplife_exporter_map_insert_failures_total", map="sessions") >= 4
+    assert total(samples, f"{DURATION}_count") == 2
+    assert value(samples, unseen) == 4

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -17,17 +20,27 @@ COUNT = "tcplife_session_sent_bytes_count"
 RELOAD_OK = "tcplife_exporter_config_last_reload_successful"
 
 
-def attached_programs() -> int:
-    """Programs of this project loaded in the kernel, by bpftool's account."""
+def loaded_programs() -> set[int]:
+    """Ids of every BPF program loaded in the kernel, by bpftool's account."""
     shown = subprocess.run(["bpftool", "prog", "show", "--json"], check=True,
                            capture_output=True, text=True).stdout
-    return sum(p.get("name") == "inet_sock_set_state" for p in json.loads(shown))
+    return {p["id"] for p in json.loads(shown)}
 
 
-def programs_settle_at(count: int, timeout: float = 5) -> bool:
+def programs_of(pid: int) -> set[int]:
+    """Ids of the programs a process holds: its program and link fds name them."""
+    ids = set()
+    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+        with contextlib.suppress(OSError):  # an fd closed meanwhile
+            ids.update(int(m) for m in re.findall(r"^prog_id:\s+(\d+)$",
+                                                  info.read_text(), re.M))
+    return ids
+
+
+def unloaded(ids: set[int], timeout: float = 5) -> bool:
     """The kernel frees a program shortly after its last user goes (RCU): wait for it."""
     deadline = time.monotonic() + timeout
-    while attached_programs() != count:
+    while ids & loaded_programs():
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
@@ -45,9 +58,9 @@ def le_values(samples) -> set[str]:
 
 def test_sighup_keeps_the_old_config_when_the_new_one_is_bad(tmp_path):
     port = free_port(socket.AF_INET6)
-    before = attached_programs()
     with ExporterProcess(config_for(port, 100), workdir=tmp_path) as exporter:
-        assert attached_programs() == before + 1
+        first = programs_of(exporter.proc.pid)
+        assert len(first) == 1 and first <= loaded_programs()
         run_load(Load(port=port, count=2, server_addr="::1"))
         exporter.wait_until(lambda s: value(s, COUNT, direction="outbound", port=str(port),
                                             family="ipv6") == 2)
@@ -69,28 +82,30 @@ def test_sighup_keeps_the_old_config_when_the_new_one_is_bad(tmp_path):
                                                       port=str(port), family="ipv6") == 1)
         assert value(samples, COUNT, direction="outbound", port=str(port), family="ipv6") == 1
         assert le_values(samples) == {"200.0", "+Inf"}
-        assert programs_settle_at(before + 1)  # the old program is gone
+        second = programs_of(exporter.proc.pid)
+        assert len(second) == 1 and second != first
+        assert unloaded(first)  # the old program is gone
         assert exporter.stop(signal.SIGTERM) == 0
-    assert programs_settle_at(before)
+    assert unloaded(second)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_stop_signals_detach_and_exit_zero(tmp_path, sig):
-    before = attached_programs()
     with ExporterProcess(workdir=tmp_path) as exporter:
-        assert attached_programs() == before + 1
+        held = programs_of(exporter.proc.pid)
+        assert len(held) == 1 and held <= loaded_programs()
         assert exporter.stop(sig) == 0
-    assert programs_settle_at(before)
+    assert unloaded(held)
     assert "Traceback" not in exporter.stderr
 
 
-def test_restart_on_the_same_port_works_at_once(tmp_path):
-    first = ExporterProcess(workdir=tmp_path)
-    with first:
-        exporter_port = first.port
-        assert first.stop(signal.SIGTERM) == 0
+def test_sigkill_leaves_nothing_attached_and_a_restart_works_at_once(tmp_path):
+    with ExporterProcess(workdir=tmp_path) as first:
+        held = programs_of(first.proc.pid)
+        assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+    assert unloaded(held)  # links and programs die with their last file descriptor
     second = ExporterProcess(workdir=tmp_path)
-    second.argv[second.argv.index(f"127.0.0.1:{second.port}")] = f"127.0.0.1:{exporter_port}"
-    second.port = exporter_port
+    second.argv[second.argv.index(f"127.0.0.1:{second.port}")] = f"127.0.0.1:{first.port}"
+    second.port = first.port
     with second:
         assert value(second.scrape(), RELOAD_OK) == 1
