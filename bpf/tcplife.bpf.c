@@ -9,6 +9,11 @@
  *
  * At the close a session is emitted as a record (the tcplife command), folded
  * into histograms keyed by its labels (the exporter), or both.
+ *
+ * The kernel never runs a tp_btf program inside itself on one CPU: an event
+ * raised by a softirq that interrupts the program is skipped (counted in the
+ * program's recursion_misses). A second program on the same tracepoint,
+ * inet_sock_set_state_nested, picks up exactly those events; see below.
  */
 #include "kernel.h"
 #include <linux/bpf.h>
@@ -112,13 +117,17 @@ struct {
 #define EEXIST 17
 #define E2BIG 7
 
+/*
+ * Per-CPU values are added to atomically: the nested program may interrupt
+ * the main one on the same CPU halfway through an update of the same value.
+ */
 static __always_inline void count(enum counter which)
 {
 	__u32 key = which;
 	__u64 *value = bpf_map_lookup_elem(&counters, &key);
 
 	if (value)
-		*value += 1;
+		__sync_fetch_and_add(value, 1);
 }
 
 /*
@@ -416,18 +425,18 @@ static __always_inline void fold(const struct session_record *r)
 	if (!into)
 		return;
 	if (!(r->flags & RECORD_ESTABLISHED)) {
-		into->failed_handshakes++;
+		__sync_fetch_and_add(&into->failed_handshakes, 1);
 		return;
 	}
-	into->duration_sum_ns += r->duration_ns;
-	into->sent_sum += r->tx_bytes;
-	into->received_sum += r->rx_bytes;
+	__sync_fetch_and_add(&into->duration_sum_ns, r->duration_ns);
+	__sync_fetch_and_add(&into->sent_sum, r->tx_bytes);
+	__sync_fetch_and_add(&into->received_sum, r->rx_bytes);
 	slot = bucket_of(duration_bounds_ns, duration_nbounds, r->duration_ns);
-	into->duration[slot]++;
+	__sync_fetch_and_add(&into->duration[slot], 1);
 	slot = bucket_of(bytes_bounds, bytes_nbounds, r->tx_bytes);
-	into->sent[slot]++;
+	__sync_fetch_and_add(&into->sent[slot], 1);
 	slot = bucket_of(bytes_bounds, bytes_nbounds, r->rx_bytes);
-	into->received[slot]++;
+	__sync_fetch_and_add(&into->received[slot], 1);
 }
 
 static __always_inline int session_closed(const struct sock *sk, int oldstate)
@@ -471,8 +480,7 @@ forget:
 	return 0;
 }
 
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(inet_sock_set_state, const struct sock *sk, int oldstate, int newstate)
+static __always_inline int state_changed(const struct sock *sk, int oldstate, int newstate)
 {
 	switch (newstate) {
 	case TCP_CLOSE:
@@ -486,6 +494,75 @@ int BPF_PROG(inet_sock_set_state, const struct sock *sk, int oldstate, int newst
 		return owner_seen(sk);
 	}
 	return 0;
+}
+
+/* Which event the main program last started on, per CPU. */
+struct event {
+	__u64 sk;
+	__u64 newstate;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct event);
+} last_event SEC(".maps");
+
+static __always_inline struct event *last_event_slot(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&last_event, &zero);
+}
+
+/* Only births in softirq and closes can be skipped; see the nested program. */
+static __always_inline bool skippable(int newstate)
+{
+	return newstate == TCP_CLOSE || newstate == TCP_SYN_RECV;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(inet_sock_set_state, const struct sock *sk, int oldstate, int newstate)
+{
+	struct event *last;
+
+	if (skippable(newstate)) {
+		last = last_event_slot();
+		if (last) {
+			last->sk = (__u64)sk;
+			last->newstate = newstate;
+		}
+	}
+	return state_changed(sk, oldstate, newstate);
+}
+
+/*
+ * Attached after the main program, so it runs second for every event. An
+ * event can be skipped by the main program only if it arrives in a softirq
+ * that interrupted the main program on this CPU, i.e. while the main program
+ * handles an event of a socket locked by its owner (connect(), close()).
+ * Such a softirq event is of a socket not locked by a user, and nothing can
+ * interrupt it in turn. So for an event of an unlocked socket the main
+ * program either ran just before this one on this CPU, and left the event in
+ * last_event, or was skipped: then this program handles the event.
+ */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(inet_sock_set_state_nested, const struct sock *sk, int oldstate, int newstate)
+{
+	struct event *last;
+
+	if (!skippable(newstate) || in_owner_context(sk))
+		return 0;
+	last = last_event_slot();
+	if (!last)
+		return 0;
+	if (last->sk == (__u64)sk && last->newstate == newstate) {
+		last->sk = 0;
+		return 0;
+	}
+	count(COUNTER_NESTED_EVENTS);
+	return state_changed(sk, oldstate, newstate);
 }
 
 char LICENSE[] SEC("license") = "GPL";

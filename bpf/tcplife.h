@@ -26,7 +26,8 @@ enum counter {
 	COUNTER_SERIES_OVERFLOW = 3,	/* folded into the overflow series: label-set cap */
 	COUNTER_SERIES_MAP_FULL = 4,	/* not folded: `series` insert failed otherwise */
 	COUNTER_PORT_LABELS_FULL = 5,	/* folded as port "other": automatic port cap */
-	COUNTER_MAX = 6,
+	COUNTER_NESTED_EVENTS = 6,	/* not lost: handled by the nested program */
+	COUNTER_MAX = 7,
 };
 
 enum record_flag {

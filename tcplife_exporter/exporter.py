@@ -12,7 +12,7 @@ import logging
 import platform
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import metadata
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -21,7 +21,7 @@ from .config import ExporterConfig, load_config
 from .errors import TcplifeError
 from .folding import FoldOptions, ephemeral_port_range
 from .metrics import session_families
-from .tracer import ProgramStats, SessionTracer, TracerOptions
+from .tracer import NESTED_PROGRAM, PROGRAM, ProgramStats, SessionTracer, TracerOptions
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ BPF_STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
 
 # enum counter in bpf/tcplife.h -> (metric, help, labels). A counter missing
 # here fails the exporter's tests, so none can be dropped unseen.
-LOSS_COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
+KERNEL_COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
     "birth_unseen": (
         "tcplife_exporter_sessions_birth_unseen",
         "Closed sessions opened before the program loaded: counted, not folded.", {}),
@@ -48,7 +48,12 @@ LOSS_COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
     "series_map_full": (
         "tcplife_exporter_map_insert_failures",
         "Failed inserts into a BPF map, by map.", {"map": "series"}),
+    "nested_events": (
+        "tcplife_exporter_bpf_nested_events",
+        "Events the main program was skipped for (a softirq interrupted it on that CPU), "
+        "handled by the nested program instead: not lost.", {}),
 }
+PROGRAM_LABELS = {PROGRAM: "main", NESTED_PROGRAM: "nested"}
 
 
 def fold_options(config: ExporterConfig) -> FoldOptions:
@@ -98,12 +103,15 @@ class Exporter:
     def _read_config(self) -> ExporterConfig:
         return load_config(self._config_path) if self._config_path else ExporterConfig()
 
-    def reload(self) -> bool:
-        """Re-read the config; on any error keep the running one. True on success."""
-        if self._config_path is None:
-            log.info("reload: no --config.file, the built-in defaults stay")
-            return True
+    def reload(self, before: Callable[[], None] | None = None) -> bool:
+        """Re-read the config; on any error keep the running one. True on success.
+
+        ``before`` runs first (e.g. reading another file); its TcplifeError fails
+        the reload too, before anything changes.
+        """
         try:
+            if before is not None:
+                before()
             config = self._read_config()
             if config != self._loaded.config:
                 fresh = _Loaded(config)
@@ -112,7 +120,8 @@ class Exporter:
                     old.tracer.close()
                 log.info("config reloaded from %s; folded counters restart", self._config_path)
             else:
-                log.info("config reloaded from %s; unchanged", self._config_path)
+                log.info("config reloaded from %s; unchanged",
+                         self._config_path or "the built-in defaults")
         except TcplifeError as err:
             log.error("config reload failed, still running the previous config: %s", err)
             self._reload_ok = False
@@ -143,16 +152,16 @@ class Exporter:
                                        sum(not s.overflow for s in series))
 
     def _self_families(self, config: ExporterConfig, counters: dict[str, int],
-                       stats: ProgramStats, label_sets: int) -> Iterator[Metric]:
+                       stats: dict[str, ProgramStats], label_sets: int) -> Iterator[Metric]:
         build = GaugeMetricFamily("tcplife_exporter_build_info",
                                   "Version of the exporter and Python it runs on; always 1.",
                                   labels=["version", "python_version"])
-        build.add_metric([_version(), platform.python_version()], 1)
+        build.add_metric([version(), platform.python_version()], 1)
         yield build
 
         families: dict[str, CounterMetricFamily] = {}
         for name, value in counters.items():
-            metric, documentation, labels = LOSS_COUNTERS[name]
+            metric, documentation, labels = KERNEL_COUNTERS[name]
             family = families.setdefault(metric, CounterMetricFamily(
                 metric, documentation, labels=list(labels)))
             family.add_metric(list(labels.values()), value)
@@ -160,18 +169,25 @@ class Exporter:
 
         misses = CounterMetricFamily(
             "tcplife_exporter_bpf_recursion_misses",
-            "Program runs the kernel skipped because it was already running on that CPU.")
-        misses.add_metric([], stats.recursion_misses)
+            "Runs the kernel skipped because the program was already running on that CPU "
+            "(the main program's are picked up by the nested one).", labels=["program"])
+        run_time = CounterMetricFamily(
+            "tcplife_exporter_bpf_run_seconds",
+            "Time spent in the BPF programs (only while kernel.bpf_stats_enabled=1).",
+            labels=["program"])
+        runs = CounterMetricFamily(
+            "tcplife_exporter_bpf_runs",
+            "Runs of the BPF programs (only while kernel.bpf_stats_enabled=1).",
+            labels=["program"])
+        for program, program_stats in stats.items():
+            label = [PROGRAM_LABELS[program]]
+            misses.add_metric(label, program_stats.recursion_misses)
+            run_time.add_metric(label, program_stats.run_time_ns / 1e9)
+            runs.add_metric(label, program_stats.run_count)
         yield misses
         if bpf_stats_enabled():
-            yield CounterMetricFamily(
-                "tcplife_exporter_bpf_run_seconds",
-                "Time spent in the BPF program (only while kernel.bpf_stats_enabled=1).",
-                value=stats.run_time_ns / 1e9)
-            yield CounterMetricFamily(
-                "tcplife_exporter_bpf_runs",
-                "Runs of the BPF program (only while kernel.bpf_stats_enabled=1).",
-                value=stats.run_count)
+            yield run_time
+            yield runs
 
         yield GaugeMetricFamily("tcplife_exporter_label_sets",
                                 "Label sets folded in the kernel, without the overflow ones.",
@@ -195,7 +211,7 @@ def bpf_stats_enabled() -> bool:
         return False
 
 
-def _version() -> str:
+def version() -> str:
     try:
         return metadata.version("tcplife-exporter")
     except metadata.PackageNotFoundError:

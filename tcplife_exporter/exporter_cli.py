@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -13,12 +14,13 @@ from typing import NoReturn
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from .errors import TcplifeError
-from .exporter import Exporter
-from .web import MetricsServer, load_web_config, start_server
+from .exporter import Exporter, version
+from .web import MetricsServer, WebConfig, load_web_config, start_server, url_host
 
 DEFAULT_PORT = 19525  # outside 9100-9999, which Prometheus's exporter port list has filled
 LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
               "error": logging.ERROR}
+_LEVEL_NAMES = {number: name for name, number in LOG_LEVELS.items()}
 
 log = logging.getLogger("tcplife_exporter")
 
@@ -66,7 +68,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="exporter-toolkit web config: TLS and basic auth")
     parser.add_argument("--log.level", dest="log_level", choices=list(LOG_LEVELS),
                         default="info", help="default info")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     return parser.parse_args(argv)
+
+
+class _LogfmtFormatter(logging.Formatter):
+    """level=info msg="..." lines, as Prometheus's own tools log (timestamps: journald's)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = _LEVEL_NAMES.get(record.levelno, record.levelname.lower())
+        return f"level={level} msg={json.dumps(record.getMessage(), ensure_ascii=False)}"
 
 
 class _Signals:
@@ -102,7 +113,7 @@ def serve(args: argparse.Namespace, signals: _Signals) -> int:
         server = start_server(args.listen, registry, args.telemetry_path, web)
         host, port = server.server_address[:2]
         scheme = "https" if web.tls else "http"
-        log.info("listening on %s://%s:%d%s", scheme, host, port, args.telemetry_path)
+        log.info("listening on %s://%s:%d%s", scheme, url_host(host), port, args.telemetry_path)
         while not signals.stop:
             signals.wake.wait()
             signals.wake.clear()
@@ -119,23 +130,19 @@ def serve(args: argparse.Namespace, signals: _Signals) -> int:
 
 
 def _reload(exporter: Exporter, server: MetricsServer, web_config_file: str | None) -> None:
-    exporter.reload()
-    try:
-        web = load_web_config(web_config_file)
-    except TcplifeError as err:
-        log.error("web config reload failed, keeping the previous one: %s", err)
-        return
-    server.apply(web)
+    """Both files, or neither: a bad web config also fails the reload."""
+    web: list[WebConfig] = []
+    if exporter.reload(before=lambda: web.append(load_web_config(web_config_file))):
+        server.apply(web[0])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     signals = _Signals()
     signals.install()  # first, so that a signal during start-up also ends cleanly
     args = parse_args(argv)
-    for level, name in LOG_LEVELS.items():
-        logging.addLevelName(name, level)  # logfmt style: level=info
-    logging.basicConfig(level=LOG_LEVELS[args.log_level], stream=sys.stderr,
-                        format="level=%(levelname)s msg=%(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogfmtFormatter())
+    logging.basicConfig(level=LOG_LEVELS[args.log_level], handlers=[handler])
     logging.getLogger("tcplife_exporter.libbpf").setLevel(
         logging.DEBUG if args.log_level == "debug" else logging.WARNING)
     try:

@@ -81,7 +81,17 @@ class LibbpfLog:
         self.lines = []
 
     def tail(self, count: int = 5) -> str:
-        return "; ".join(line.strip() for line in self.lines[-count:])
+        """The last messages on one line; a verifier log shrinks to its verdict."""
+        return "; ".join(_one_line(line) for line in self.lines[-count:])
+
+
+def _one_line(message: str) -> str:
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if "-- BEGIN PROG LOAD LOG --" in message:
+        body = [line for line in lines if not line.startswith(("--", "processed", "libbpf:"))]
+        verdict = body[-1] if body else "no verifier output"
+        return f"{lines[0]} verifier: {verdict} (the whole log: --log.level debug)"
+    return " ".join(lines)
 
 
 libbpf_log = LibbpfLog()

@@ -79,14 +79,25 @@ class SessionLabels:
             values.append(OVERFLOW if series.overflow else self._network_name(series.network))
         return tuple(values)
 
-    def of_open(self, session: OpenSession, auto_labelled: set[int]) -> tuple[str, ...]:
+    def open_ports(self, sessions: list[OpenSession], auto_labelled: set[int]) -> set[int]:
+        """The ports open sessions will be labelled with when they close.
+
+        In automatic mode a port gets its label at its first close; until then,
+        ports of open sessions are expected to take the slots still free.
+        """
+        ports = set(self._options.labelled_ports)
+        if self._options.auto_ports:
+            low, high = self._options.ephemeral_ports
+            ports |= auto_labelled
+            waiting = {s.service_port for s in sessions if not low <= s.service_port <= high}
+            room = max(self._options.auto_port_limit - len(auto_labelled), 0)
+            ports |= set(sorted(waiting - ports)[:room])
+        return ports
+
+    def of_open(self, session: OpenSession, labelled_ports: set[int]) -> tuple[str, ...]:
         """An open session's labels, as its close will render them."""
         port = session.service_port
-        low, high = self._options.ephemeral_ports
-        labelled = port in self._options.labelled_ports or (
-            self._options.auto_ports and not low <= port <= high and port in auto_labelled
-        )
-        values = [session.direction, _port(port if labelled else 0, False),
+        values = [session.direction, _port(port if port in labelled_ports else 0, False),
                   _FAMILY_NAMES.get(session.family, str(session.family))]
         if self._options.networks:
             values.append(self._match_network(session.raddr))
@@ -135,13 +146,15 @@ def _add_histogram(family: HistogramMetricFamily, labels: tuple[str, ...], le: l
 def session_families(
     options: FoldOptions,
     series: Iterable[Series],
-    open_sessions: Iterable[OpenSession],
+    open_sessions: list[OpenSession],
     auto_labelled: set[int],
 ) -> list[Metric]:
     """The session metrics of one scrape."""
     labels = SessionLabels(options)
     folded: dict[tuple[str, ...], _Folded] = {}
     for one in series:
+        if one.overflow and not (sum(one.duration) or one.failed_handshakes):
+            continue  # pre-created and unused: the cap was never reached
         folded.setdefault(labels.of_series(one), _Folded()).add(one)
 
     duration_le = _le_values([ns / 1e9 for ns in options.duration_bounds_ns])
@@ -151,7 +164,8 @@ def session_families(
         (HistogramMetricFamily(name, documentation, labels=labels.names), le, field, unit)
         for name, documentation, le, field, unit in (
             ("tcplife_session_duration_seconds",
-             "Lifespan of closed TCP sessions, from the first SYN to the close.",
+             "Lifespan of closed TCP sessions: from connect(), or for accepted sessions "
+             "the completed handshake, to the close.",
              duration_le, "duration", 1e9),
             ("tcplife_session_sent_bytes",
              "Payload bytes sent and acknowledged per closed TCP session.",
@@ -177,8 +191,9 @@ def session_families(
             _add_histogram(family, label_values, le, getattr(values, field),
                            getattr(values, f"{field}_sum") / unit)
         failures.add_metric(list(label_values), values.failed_handshakes)
+    labelled_ports = labels.open_ports(open_sessions, auto_labelled)
     for session in open_sessions:
-        key = labels.of_open(session, auto_labelled)
+        key = labels.of_open(session, labelled_ports)
         open_counts[key] = open_counts.get(key, 0) + 1
     for label_values, count in sorted(open_counts.items()):
         open_gauge.add_metric(list(label_values), count)

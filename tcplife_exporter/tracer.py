@@ -20,6 +20,8 @@ from .libbpf import BpfObject, RingBuffer, num_possible_cpus
 from .records import RecordDecoder, Session
 
 PROGRAM = "inet_sock_set_state"
+# Catches the events the kernel skips while PROGRAM runs: attached after it.
+NESTED_PROGRAM = "inet_sock_set_state_nested"
 PORT_BITMAP_BYTES = 65536 // 8
 MAX_BOUNDS = 32  # bucket bounds per histogram: MAX_BOUNDS in bpf/tcplife.h
 
@@ -120,6 +122,7 @@ class SessionTracer:
         self._obj.load()
         folding.fill_maps(self._obj, btf, options.fold)
         self._obj.attach(PROGRAM)
+        self._obj.attach(NESTED_PROGRAM)
         if options.emit_records and on_session is not None:
             self._ring = RingBuffer(
                 self._obj.map_fd("records"), lambda data: on_session(decoder.decode(data))
@@ -148,9 +151,14 @@ class SessionTracer:
     def folded(self) -> folding.FoldedReader:
         return folding.FoldedReader(self._obj, self._btf)
 
-    def program_stats(self) -> ProgramStats:
-        info = self._prog_info.unpack(self._obj.program_info(PROGRAM, self._prog_info.size))
-        return ProgramStats(info["run_time_ns"], info["run_cnt"], info["recursion_misses"])
+    def program_stats(self) -> dict[str, ProgramStats]:
+        """Run statistics of both programs, by name."""
+        stats = {}
+        for program in (PROGRAM, NESTED_PROGRAM):
+            info = self._prog_info.unpack(self._obj.program_info(program, self._prog_info.size))
+            stats[program] = ProgramStats(
+                info["run_time_ns"], info["run_cnt"], info["recursion_misses"])
+        return stats
 
     def counters(self) -> dict[str, int]:
         """The program's counters (enum counter in tcplife.h), summed over CPUs."""

@@ -18,6 +18,7 @@ import os
 import re
 import socket
 import ssl
+import sys
 import threading
 from base64 import b64decode
 from binascii import Error as Base64Error
@@ -37,11 +38,12 @@ CONNECTION_TIMEOUT_S = 10
 _BCRYPT_HASH = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
 _CLIENT_AUTH = {
     "NoClientCert": ssl.CERT_NONE,
-    "RequestClientCert": ssl.CERT_OPTIONAL,
-    "RequireAnyClientCert": ssl.CERT_REQUIRED,
     "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
     "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
 }
+# exporter-toolkit modes that accept a client certificate without verifying
+# it: Python's ssl module verifies every certificate it asks for.
+_UNVERIFIED_CLIENT_AUTH = ("RequestClientCert", "RequireAnyClientCert")
 _TLS_VERSIONS = {
     "TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
     "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3,
@@ -104,6 +106,10 @@ def _tls_context(reader: YamlReader, node, base: str) -> ssl.SSLContext:
     auth = "NoClientCert"
     if "client_auth_type" in entries:
         auth = reader.string(entries["client_auth_type"])
+        if auth in _UNVERIFIED_CLIENT_AUTH:
+            raise reader.error(entries["client_auth_type"],
+                               f"{auth} (unverified client certificates) is not supported; "
+                               "use VerifyClientCertIfGiven or RequireAndVerifyClientCert")
         if auth not in _CLIENT_AUTH:
             raise reader.error(entries["client_auth_type"],
                                f"must be one of {', '.join(_CLIENT_AUTH)}")
@@ -113,7 +119,7 @@ def _tls_context(reader: YamlReader, node, base: str) -> ssl.SSLContext:
             context.load_verify_locations(paths["client_ca_file"])
         except (OSError, ssl.SSLError) as err:
             raise reader.error(entries["client_ca_file"], f"cannot load: {err}") from None
-    elif auth.startswith("RequireAndVerify") or auth.startswith("VerifyClient"):
+    elif auth != "NoClientCert":
         raise reader.error(node, f"client_auth_type {auth} needs client_ca_file")
     return context
 
@@ -168,6 +174,15 @@ class MetricsServer(ThreadingHTTPServer):
         """Use this TLS and auth setup from the next connection on."""
         self.tls = web.tls
         self.credentials = _Credentials(web.users)
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that resets or times out is routine; anything else is logged,
+        in one line, and the server goes on."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError, ssl.SSLError)):
+            log.debug("connection from %s ended: %s", client_address[0], error)
+        else:
+            log.error("serving %s failed: %r", client_address[0], error)
 
     def finish_request(self, request, client_address) -> None:
         request.settimeout(CONNECTION_TIMEOUT_S)
@@ -247,6 +262,11 @@ def _landing_page(telemetry_path: str) -> bytes:
     ).encode()
 
 
+def url_host(host: str) -> str:
+    """IPv6 addresses go in brackets in URLs and host:port pairs."""
+    return f"[{host}]" if ":" in host else host
+
+
 def start_server(address: tuple[str, int], registry: CollectorRegistry, telemetry_path: str,
                  web: WebConfig) -> MetricsServer:
     """Bind and serve in a background thread."""
@@ -254,7 +274,6 @@ def start_server(address: tuple[str, int], registry: CollectorRegistry, telemetr
         server = MetricsServer(address, registry, telemetry_path, web)
     except OSError as err:
         host, port = address
-        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        raise TcplifeError(f"cannot listen on {shown}: {err.strerror}") from None
+        raise TcplifeError(f"cannot listen on {url_host(host)}:{port}: {err.strerror}") from None
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server

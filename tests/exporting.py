@@ -21,7 +21,7 @@ Samples = dict[tuple[str, frozenset], float]
 class ExporterProcess(ToolProcess):
     """A running exporter on a free loopback port, optionally with a config file."""
 
-    ready_text = "msg=listening on"
+    ready_text = "msg=\"listening on"
     command = EXPORTER
 
     def __init__(self, config: str | None = None, args: list[str] = (),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -81,6 +82,8 @@ ports: {{labelled: [{quick}, {slow}], auto: false}}
                                                       "+Inf": 10}
     mean = value(samples, f"{DURATION}_sum", **slow_out) / 10
     assert 0.02 <= mean < 0.1
+    # The cap was never reached: no overflow label sets are shown.
+    assert not select(samples, f"{DURATION}_count", port="overflow")
 
 
 def test_ipv6_sessions_get_their_family(tmp_path):
@@ -303,3 +306,52 @@ def test_a_full_session_table_is_counted_and_adds_up(tmp_path, ports):
     assert value(samples, "tcplife_exporter_map_insert_failures_total", map="sessions") >= 4
     assert total(samples, f"{DURATION}_count") == 2
     assert value(samples, unseen) == 4
+
+
+def test_open_sessions_on_a_port_not_yet_labelled(tmp_path, ports):
+    """Automatic mode labels a port at its first close; a long-lived first
+    session shows under its own port while still open."""
+    port = ports[0]
+    with ExporterProcess("ports: {auto: true}\n" + IPV6_ONLY, workdir=tmp_path) as exporter:
+        listener = socket.create_server((V6, port), family=socket.AF_INET6)
+        client = socket.create_connection((V6, port))
+        server, _ = listener.accept()
+        samples = exporter.wait_until(
+            lambda s: total(s, "tcplife_sessions_open", port=str(port)) == 2)
+        for sock in (client, server, listener):
+            sock.close()
+    assert total(samples, "tcplife_sessions_open", port=str(port)) == 2
+    assert total(samples, "tcplife_sessions_open", port="other") == 0
+
+
+@pytest.fixture
+def bpf_stats():
+    """kernel.bpf_stats_enabled on for the test (it also widens the window in
+    which a softirq can interrupt the program), restored after."""
+    path = Path("/proc/sys/kernel/bpf_stats_enabled")
+    before = path.read_text()
+    path.write_text("1")
+    yield
+    path.write_text(before)
+
+
+def test_sessions_closing_in_a_softirq_that_interrupts_the_program_are_kept(tmp_path, bpf_stats):
+    """Eight loopback churns at once: softirqs often interrupt the program on
+    the same CPU, and the kernel skips the events they raise. The nested
+    program must fold every one of them: exact counts, nothing open left."""
+    loads = [Load(port=free_port(socket.AF_INET6), count=1000, server_addr=V6)
+             for _ in range(8)]
+    with ExporterProcess(IPV6_ONLY, workdir=tmp_path) as exporter:
+        threads = [threading.Thread(target=run_load, args=(load,)) for load in loads]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        samples = exporter.wait_until(lambda s: total(s, f"{DURATION}_count") >= 16000)
+    assert total(samples, f"{DURATION}_count") == 16000
+    assert total(samples, "tcplife_sessions_open") == 0
+    assert value(samples, "tcplife_exporter_sessions_birth_unseen_total") == 0
+    missed = value(samples, "tcplife_exporter_bpf_recursion_misses_total", program="main")
+    if missed:
+        assert value(samples, "tcplife_exporter_bpf_nested_events_total") > 0
+    assert value(samples, "tcplife_exporter_bpf_runs_total", program="main") > 0

@@ -28,7 +28,8 @@ def loaded_programs() -> set[int]:
 
 
 def programs_of(pid: int) -> set[int]:
-    """Ids of the programs a process holds: its program and link fds name them."""
+    """Ids of the programs a process holds (main and nested): its program and link fds
+    name them."""
     ids = set()
     for info in Path(f"/proc/{pid}/fdinfo").iterdir():
         with contextlib.suppress(OSError):  # an fd closed meanwhile
@@ -60,7 +61,7 @@ def test_sighup_keeps_the_old_config_when_the_new_one_is_bad(tmp_path):
     port = free_port(socket.AF_INET6)
     with ExporterProcess(config_for(port, 100), workdir=tmp_path) as exporter:
         first = programs_of(exporter.proc.pid)
-        assert len(first) == 1 and first <= loaded_programs()
+        assert len(first) == 2 and first <= loaded_programs()
         run_load(Load(port=port, count=2, server_addr="::1"))
         exporter.wait_until(lambda s: value(s, COUNT, direction="outbound", port=str(port),
                                             family="ipv6") == 2)
@@ -83,7 +84,7 @@ def test_sighup_keeps_the_old_config_when_the_new_one_is_bad(tmp_path):
         assert value(samples, COUNT, direction="outbound", port=str(port), family="ipv6") == 1
         assert le_values(samples) == {"200.0", "+Inf"}
         second = programs_of(exporter.proc.pid)
-        assert len(second) == 1 and second != first
+        assert len(second) == 2 and not second & first
         assert unloaded(first)  # the old program is gone
         assert exporter.stop(signal.SIGTERM) == 0
     assert unloaded(second)
@@ -93,7 +94,7 @@ def test_sighup_keeps_the_old_config_when_the_new_one_is_bad(tmp_path):
 def test_stop_signals_detach_and_exit_zero(tmp_path, sig):
     with ExporterProcess(workdir=tmp_path) as exporter:
         held = programs_of(exporter.proc.pid)
-        assert len(held) == 1 and held <= loaded_programs()
+        assert len(held) == 2 and held <= loaded_programs()
         assert exporter.stop(sig) == 0
     assert unloaded(held)
     assert "Traceback" not in exporter.stderr
@@ -109,3 +110,18 @@ def test_sigkill_leaves_nothing_attached_and_a_restart_works_at_once(tmp_path):
     second.port = first.port
     with second:
         assert value(second.scrape(), RELOAD_OK) == 1
+
+
+def test_a_bad_web_config_fails_the_reload_and_keeps_both_files(tmp_path):
+    web = tmp_path / "web.yaml"
+    web.write_text("basic_auth_users: {}\n")
+    args = ["--web.config.file", str(web)]
+    with ExporterProcess(config_for(free_port(socket.AF_INET6), 100), args=args,
+                         workdir=tmp_path) as exporter:
+        web.write_text("tls_server_config: {cert_file: /nonexistent.pem, key_file: x}\n")
+        exporter.config_path.write_text(config_for(free_port(socket.AF_INET6), 300))
+        exporter.proc.send_signal(signal.SIGHUP)
+        samples = exporter.wait_until(lambda s: value(s, RELOAD_OK) == 0)
+        assert value(samples, RELOAD_OK) == 0  # still plain HTTP: the old web config
+        assert le_values(samples) <= {"100.0", "+Inf"}  # and the old config
+        assert "nonexistent.pem" in exporter.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import socket
 import ssl
+import struct
 import subprocess
 import urllib.error
 import urllib.request
@@ -146,3 +147,63 @@ def test_bad_web_configs_are_one_line(tmp_path, text, message):
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "web.yaml" in lines[0], done.stderr
+
+
+def test_bad_web_config_kinds_that_need_a_certificate(tmp_path, certificate):
+    cert, key = certificate
+    for auth, message in (
+        ("RequireAnyClientCert", "RequireAnyClientCert (unverified client certificates) is not "
+                                 "supported"),
+        ("RequireAndVerifyClientCert", "client_auth_type RequireAndVerifyClientCert needs "
+                                       "client_ca_file"),
+    ):
+        text = f"tls_server_config: {{cert_file: {cert}, key_file: {key}, " \
+               f"client_auth_type: {auth}}}\n"
+        done = run_exporter(*write_web_config(tmp_path, text))
+        assert done.returncode == 1 and message in done.stderr, done.stderr
+
+
+def test_client_certificates_are_verified(tmp_path, certificate, tmp_path_factory):
+    cert, key = certificate
+    client_dir = tmp_path_factory.mktemp("client")
+    client_cert, client_key = client_dir / "client.pem", client_dir / "client.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", "/CN=scraper",
+                    "-keyout", str(client_key), "-out", str(client_cert)],
+                   check=True, capture_output=True)
+    web = write_web_config(tmp_path, f"""
+tls_server_config:
+  cert_file: {cert}
+  key_file: {key}
+  client_auth_type: RequireAndVerifyClientCert
+  client_ca_file: {client_cert}
+""")
+    with ExporterProcess(args=web, workdir=tmp_path) as exporter:
+        url = f"https://127.0.0.1:{exporter.port}/metrics"
+        with_cert = ssl.create_default_context(cafile=str(cert))
+        with_cert.load_cert_chain(str(client_cert), str(client_key))
+        assert get(url, context=with_cert)[0] == 200
+        with pytest.raises((urllib.error.URLError, ConnectionError, ssl.SSLError)):
+            get(url, context=ssl.create_default_context(cafile=str(cert)))
+
+
+def test_a_client_reset_is_not_a_traceback(tmp_path):
+    with ExporterProcess(workdir=tmp_path) as exporter:
+        for _ in range(3):
+            sock = socket.create_connection(("127.0.0.1", exporter.port))
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        assert get(exporter.url)[0] == 200
+        assert exporter.stop() == 0
+    assert "Traceback" not in exporter.stderr and "Exception" not in exporter.stderr
+
+
+def test_ipv6_listen_address_and_version(tmp_path):
+    exporter = ExporterProcess(workdir=tmp_path)
+    exporter.argv[exporter.argv.index(f"127.0.0.1:{exporter.port}")] = f"[::1]:{exporter.port}"
+    with exporter:
+        assert get(f"http://[::1]:{exporter.port}/metrics")[0] == 200
+        assert f'msg="listening on http://[::1]:{exporter.port}/metrics"' in exporter.stderr
+    done = run_exporter("--version")
+    assert done.returncode == 0 and done.stdout.startswith("tcplife-exporter ")
