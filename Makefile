@@ -3,6 +3,7 @@
 #                 with config.example.yaml on http://localhost:19525/metrics
 #   make tcplife  the same, but prints sessions live (the tcplife command)
 #   make test     installs what is missing, builds, and runs the whole test suite
+#   make bench    the same setup, then the cost-and-exactness benchmark (bench/)
 PYTHON ?= python3
 VENV ?= .venv
 BPF_OBJ := tcplife_exporter/bpf/tcplife.bpf.o
@@ -14,7 +15,7 @@ MULTIARCH := $(shell gcc -dumpmachine 2>/dev/null || echo $$(uname -m)-linux-gnu
 APT_PACKAGES := clang llvm libbpf-dev libbpf1 gcc make python3-venv python3-pip iproute2 \
 	bpftool openssl prometheus
 
-.PHONY: run tcplife test bpf deps venv lint clean
+.PHONY: run tcplife test bench bpf deps venv lint clean
 
 run: venv
 	$(VENV)/bin/tcplife-exporter --config.file config.example.yaml
@@ -23,8 +24,11 @@ tcplife: venv
 	$(VENV)/bin/tcplife
 
 test: venv
-	$(VENV)/bin/ruff check tcplife_exporter tests setup.py
+	$(VENV)/bin/ruff check tcplife_exporter tests bench setup.py
 	$(VENV)/bin/pytest -v tests
+
+bench: venv
+	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 bpf: $(BPF_OBJ)
 
@@ -45,7 +49,7 @@ venv: deps $(BPF_OBJ)
 	$(VENV)/bin/pip install -q -e '.[test]'
 
 lint: venv
-	$(VENV)/bin/ruff check tcplife_exporter tests setup.py
+	$(VENV)/bin/ruff check tcplife_exporter tests bench setup.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info $(BPF_OBJ)
+	rm -rf $(VENV) build dist *.egg-info $(BPF_OBJ) bench/churn

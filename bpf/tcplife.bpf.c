@@ -28,6 +28,9 @@
 /* Set by user space before load; the verifier prunes what they turn off. */
 const volatile bool emit_records = true;
 const volatile bool fold_metrics = false;
+/* What the settings above need: user space derives them, the verifier drops the rest. */
+const volatile bool need_owner = true;		/* pid and comm */
+const volatile bool need_addresses = true;	/* laddr and raddr */
 const volatile __u32 filter_tgid = 0;
 const volatile __u8 filter_family = 0;		/* 0: any, else 4 or 6 */
 const volatile bool filter_lports = false;
@@ -197,6 +200,7 @@ static __always_inline int session_born(const struct sock *sk, __u8 direction)
 	__u16 lport = sk->__sk_common.skc_num;
 	__u16 rport = bpf_ntohs(sk->__sk_common.skc_dport);
 	__u8 family;
+	long err;
 
 	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
@@ -209,13 +213,23 @@ static __always_inline int session_born(const struct sock *sk, __u8 direction)
 	s.direction = direction;
 	s.family = family;
 	s.service_port = direction == DIRECTION_INBOUND ? lport : rport;
-	copy_remote_address(sk, family, s.raddr);
-	if (direction == DIRECTION_OUTBOUND && in_owner_context(sk)) {
+	if (need_addresses)
+		copy_remote_address(sk, family, s.raddr);
+	if (need_owner && direction == DIRECTION_OUTBOUND && in_owner_context(sk)) {
 		remember_owner(&s);
 		if (filter_tgid && s.pid != filter_tgid)
 			return 0;
 	}
-	if (bpf_map_update_elem(&sessions, &key, &s, BPF_ANY))
+	err = bpf_map_update_elem(&sessions, &key, &s, BPF_NOEXIST);
+	if (err == -EEXIST) {
+		/*
+		 * A socket at this address was tracked and its close never seen:
+		 * count it, so that such a loss cannot go unnoticed.
+		 */
+		count(COUNTER_CLOSE_UNSEEN);
+		err = bpf_map_update_elem(&sessions, &key, &s, BPF_ANY);
+	}
+	if (err)
 		count(COUNTER_SESSION_MAP_FULL);
 	return 0;
 }
@@ -227,7 +241,7 @@ static __always_inline int owner_seen(const struct sock *sk)
 	__u64 key = (__u64)sk;
 	long err;
 
-	if (!in_owner_context(sk) || sk->sk_protocol != IPPROTO_TCP)
+	if (!need_owner || !in_owner_context(sk) || sk->sk_protocol != IPPROTO_TCP)
 		return 0;
 	s = bpf_map_lookup_elem(&sessions, &key);
 	if (s) {
@@ -318,14 +332,17 @@ static __always_inline void describe(const struct sock *sk, const struct tcp_soc
 			r->flags |= RECORD_BIRTH_SEEN;
 			r->duration_ns = r->close_ns - s->birth_ns;
 		}
-		r->pid = s->pid;
-		__builtin_memcpy(r->comm, s->comm, sizeof(r->comm));
+		if (need_owner) {
+			r->pid = s->pid;
+			__builtin_memcpy(r->comm, s->comm, sizeof(r->comm));
+		}
 	}
-	if (!r->pid && in_owner_context(sk)) {
+	if (need_owner && !r->pid && in_owner_context(sk)) {
 		r->pid = bpf_get_current_pid_tgid() >> 32;
 		bpf_get_current_comm(r->comm, sizeof(r->comm));
 	}
-	copy_addresses(sk, r);
+	if (need_addresses)
+		copy_addresses(sk, r);
 	payload_bytes(sk, tp, oldstate, r);
 }
 
@@ -516,7 +533,7 @@ static __always_inline struct event *last_event_slot(void)
 	return bpf_map_lookup_elem(&last_event, &zero);
 }
 
-/* Only births in softirq and closes can be skipped; see the nested program. */
+/* The transitions that matter in softirq context: a child's birth, a close. */
 static __always_inline bool skippable(int newstate)
 {
 	return newstate == TCP_CLOSE || newstate == TCP_SYN_RECV;
@@ -525,14 +542,12 @@ static __always_inline bool skippable(int newstate)
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(inet_sock_set_state, const struct sock *sk, int oldstate, int newstate)
 {
-	struct event *last;
+	struct event *last = last_event_slot();
 
-	if (skippable(newstate)) {
-		last = last_event_slot();
-		if (last) {
-			last->sk = (__u64)sk;
-			last->newstate = newstate;
-		}
+	/* Every event, so that the slot is never older than the last run here. */
+	if (last) {
+		last->sk = (__u64)sk;
+		last->newstate = newstate;
 	}
 	return state_changed(sk, oldstate, newstate);
 }
@@ -545,7 +560,8 @@ int BPF_PROG(inet_sock_set_state, const struct sock *sk, int oldstate, int newst
  * Such a softirq event is of a socket not locked by a user, and nothing can
  * interrupt it in turn. So for an event of an unlocked socket the main
  * program either ran just before this one on this CPU, and left the event in
- * last_event, or was skipped: then this program handles the event.
+ * last_event, or was skipped, and last_event holds the event it was handling
+ * when interrupted (another socket's): then this program handles the event.
  */
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(inet_sock_set_state_nested, const struct sock *sk, int oldstate, int newstate)

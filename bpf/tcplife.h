@@ -27,7 +27,8 @@ enum counter {
 	COUNTER_SERIES_MAP_FULL = 4,	/* not folded: `series` insert failed otherwise */
 	COUNTER_PORT_LABELS_FULL = 5,	/* folded as port "other": automatic port cap */
 	COUNTER_NESTED_EVENTS = 6,	/* not lost: handled by the nested program */
-	COUNTER_MAX = 7,
+	COUNTER_CLOSE_UNSEEN = 7,	/* a tracked session's close never arrived */
+	COUNTER_MAX = 8,
 };
 
 enum record_flag {

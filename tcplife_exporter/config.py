@@ -177,7 +177,7 @@ def _limits(reader: YamlReader, node: Node) -> dict[str, Any]:
         settings["max_label_sets"] = reader.integer(entries["max_label_sets"], 1, 1_000_000)
     if "max_open_sessions" in entries:
         settings["max_open_sessions"] = reader.integer(
-            entries["max_open_sessions"], 1, 16_777_216
+            entries["max_open_sessions"], 1, 1_048_576
         )
     return settings
 

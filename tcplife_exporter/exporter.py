@@ -8,6 +8,7 @@ rate() and increase() treat that as a counter reset).
 
 from __future__ import annotations
 
+import functools
 import logging
 import platform
 import threading
@@ -48,6 +49,11 @@ KERNEL_COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
     "series_map_full": (
         "tcplife_exporter_map_insert_failures",
         "Failed inserts into a BPF map, by map.", {"map": "series"}),
+    "close_unseen": (
+        "tcplife_exporter_sessions_close_unseen",
+        "Sessions whose close the programs never saw (found when a new socket took the "
+        "address of one still tracked): lost, and left in tcplife_sessions_open until then.",
+        {}),
     "nested_events": (
         "tcplife_exporter_bpf_nested_events",
         "Events the main program was skipped for (a softirq interrupted it on that CPU), "
@@ -99,6 +105,7 @@ class Exporter:
         self._loaded = _Loaded(self._read_config())
         self._reload_ok = True
         self._reload_time = time.time()
+        self._closed = False
 
     def _read_config(self) -> ExporterConfig:
         return load_config(self._config_path) if self._config_path else ExporterConfig()
@@ -116,6 +123,9 @@ class Exporter:
             if config != self._loaded.config:
                 fresh = _Loaded(config)
                 with self._lock:
+                    if self._closed:
+                        fresh.tracer.close()
+                        return False
                     old, self._loaded = self._loaded, fresh
                     old.tracer.close()
                 log.info("config reloaded from %s; folded counters restart", self._config_path)
@@ -132,6 +142,7 @@ class Exporter:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._loaded.tracer.close()
 
     def describe(self) -> list[Metric]:
@@ -139,6 +150,8 @@ class Exporter:
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
+            if self._closed:
+                raise TcplifeError("the exporter is shutting down")
             loaded = self._loaded
             reader = loaded.tracer.folded()
             series = reader.series()
@@ -211,6 +224,7 @@ def bpf_stats_enabled() -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=1)
 def version() -> str:
     try:
         return metadata.version("tcplife-exporter")

@@ -211,8 +211,13 @@ class BpfObject:
     def btf_ptr(self) -> int:
         return self._lib.bpf_object__btf(self._ptr)
 
+    def _live(self) -> int:
+        if not self._ptr:
+            raise TcplifeError("the BPF object is closed")
+        return self._ptr
+
     def _map(self, name: str) -> int:
-        found = self._lib.bpf_object__find_map_by_name(self._ptr, name.encode())
+        found = self._lib.bpf_object__find_map_by_name(self._live(), name.encode())
         if not found:
             raise TcplifeError(f"the BPF object has no map named {name!r}")
         return found
@@ -267,7 +272,7 @@ class BpfObject:
         self._links.append(link)
 
     def program_fd(self, program: str) -> int:
-        prog = self._lib.bpf_object__find_program_by_name(self._ptr, program.encode())
+        prog = self._lib.bpf_object__find_program_by_name(self._live(), program.encode())
         fd = self._lib.bpf_program__fd(prog) if prog else -1
         if fd < 0:
             raise TcplifeError(f"program {program} is not loaded")
@@ -288,13 +293,15 @@ class BpfObject:
                 f"writing map {map_name} failed: {errno_text(ctypes.get_errno())}"
             )
 
-    def read_all(self, map_name: str, chunk: int = 4096) -> list[tuple[bytes, bytes]]:
-        """Every entry of a hash map, read in batches: (key, value) pairs.
+    def read_all(self, map_name: str, batch_bytes: int = 256 << 10) -> list[tuple[bytes, bytes]]:
+        """Every entry of a hash map, read in batches of about ``batch_bytes``:
+        (key, value) pairs.
 
         Per-CPU values come as one value per possible CPU, each padded to 8 bytes.
         """
         fd = self.map_fd(map_name)
         key_size, value_size = self.map_sizes(map_name)
+        chunk = max(batch_bytes // (key_size + value_size), 16)
         token_in = ctypes.create_string_buffer(max(key_size, 8))
         token_out = ctypes.create_string_buffer(max(key_size, 8))
         entries: list[tuple[bytes, bytes]] = []

@@ -134,6 +134,7 @@ def report_losses(lost: dict[str, int]) -> None:
     reasons = {
         "ringbuf_drops": "not printed because the ring buffer was full",
         "session_map_full": "not tracked because the session table was full",
+        "close_unseen": "never printed: their close was not seen",
     }
     for name, count in lost.items():
         if count and name in reasons:

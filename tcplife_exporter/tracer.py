@@ -76,9 +76,14 @@ def rodata_values(options: TracerOptions) -> dict[str, int | bytes]:
         "rport_bitmap": port_bitmap(flt.remote_ports),
         "ringbuf_wakeup_bytes": options.wakeup_bytes,
     }
-    if options.fold is not None:
-        bitmap = port_bitmap(options.fold.labelled_ports)
-        values.update(folding.fold_rodata(options.fold, bitmap, MAX_BOUNDS))
+    fold = options.fold
+    if fold is not None:
+        values.update(folding.fold_rodata(fold, port_bitmap(fold.labelled_ports), MAX_BOUNDS))
+    # Owners and addresses cost helper calls: read them only when something uses them.
+    values["need_owner"] = int(options.emit_records or bool(flt.pid)
+                               or (fold is not None and fold.comm_label))
+    values["need_addresses"] = int(options.emit_records
+                                   or (fold is not None and bool(fold.networks)))
     return values
 
 

@@ -58,6 +58,14 @@ class WebConfigError(TcplifeError):
 class WebConfig:
     tls: ssl.SSLContext | None = None
     users: dict[str, bytes] = field(default_factory=dict)  # user -> bcrypt hash
+    headers: dict[str, str] = field(default_factory=dict)  # added to every response
+
+
+@dataclass(frozen=True)
+class _ActiveWeb:
+    tls: ssl.SSLContext | None
+    credentials: _Credentials
+    headers: dict[str, str]
 
 
 def load_web_config(path: str | None) -> WebConfig:
@@ -67,11 +75,14 @@ def load_web_config(path: str | None) -> WebConfig:
     root = reader.root(read_text(path, "web config file", WebConfigError))
     if root is None:
         return WebConfig()
-    entries = reader.mapping(root, ["tls_server_config", "basic_auth_users"])
+    entries = reader.mapping(root, ["tls_server_config", "http_server_config",
+                                    "basic_auth_users"])
     config = WebConfig()
     base = os.path.dirname(os.path.abspath(path))
     if "tls_server_config" in entries and not reader.is_null(entries["tls_server_config"]):
         config.tls = _tls_context(reader, entries["tls_server_config"], base)
+    if "http_server_config" in entries and not reader.is_null(entries["http_server_config"]):
+        config.headers = _headers(reader, entries["http_server_config"])
     if "basic_auth_users" in entries and not reader.is_null(entries["basic_auth_users"]):
         for user, node in reader.mapping(entries["basic_auth_users"], None).items():
             hashed = reader.string(node)
@@ -79,6 +90,23 @@ def load_web_config(path: str | None) -> WebConfig:
                 raise reader.error(node, "is not a bcrypt hash (expected $2b$<cost>$...)")
             config.users[user] = hashed.encode()
     return config
+
+
+def _headers(reader: YamlReader, node) -> dict[str, str]:
+    """http_server_config: `headers` are sent; `http2` is accepted, this server
+    speaking HTTP/1.1 only (Prometheus scrapes over HTTP/1.1 as well)."""
+    entries = reader.mapping(node, ["headers", "http2"])
+    if "http2" in entries:
+        reader.boolean(entries["http2"])
+    headers: dict[str, str] = {}
+    if "headers" in entries and not reader.is_null(entries["headers"]):
+        for name, value in reader.mapping(entries["headers"], None).items():
+            text = reader.string(value)
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name) or "\n" in text \
+                    or "\r" in text:
+                raise reader.error(value, "is not a valid HTTP header")
+            headers[name] = text
+    return headers
 
 
 def _tls_context(reader: YamlReader, node, base: str) -> ssl.SSLContext:
@@ -124,6 +152,9 @@ def _tls_context(reader: YamlReader, node, base: str) -> ssl.SSLContext:
     return context
 
 
+_DUMMY_HASH = bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds=10))
+
+
 class _Credentials:
     """Basic-auth checks; bcrypt is slow on purpose, so successes are cached."""
 
@@ -145,6 +176,8 @@ class _Credentials:
             return False
         hashed = self._users.get(user)
         if hashed is None:
+            # As slow as a wrong password, so that user names cannot be probed by timing.
+            bcrypt.checkpw(password.encode(), _DUMMY_HASH)
             return False
         token = hashlib.sha256(hashed + b"\0" + password.encode()).digest()
         with self._lock:
@@ -170,10 +203,15 @@ class MetricsServer(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
 
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6 and self.server_address[0] == "::":
+            # "::" means every interface, IPv4 included, whatever net.ipv6.bindv6only says.
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
     def apply(self, web: WebConfig) -> None:
-        """Use this TLS and auth setup from the next connection on."""
-        self.tls = web.tls
-        self.credentials = _Credentials(web.users)
+        """Use this TLS, auth and header setup from the next request on (one swap)."""
+        self.web = _ActiveWeb(web.tls, _Credentials(web.users), dict(web.headers))
 
     def handle_error(self, request, client_address) -> None:
         """A client that resets or times out is routine; anything else is logged,
@@ -186,11 +224,12 @@ class MetricsServer(ThreadingHTTPServer):
 
     def finish_request(self, request, client_address) -> None:
         request.settimeout(CONNECTION_TIMEOUT_S)
-        if self.tls is None:
+        tls = self.web.tls
+        if tls is None:
             super().finish_request(request, client_address)
             return
         try:
-            wrapped = self.tls.wrap_socket(request, server_side=True)
+            wrapped = tls.wrap_socket(request, server_side=True)
         except (ssl.SSLError, OSError) as err:
             log.debug("TLS handshake with %s failed: %s", client_address[0], err)
             return
@@ -206,9 +245,8 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "tcplife-exporter"
 
     def do_GET(self) -> None:
-        if self.server.credentials.required and not self.server.credentials.check(
-            self.headers.get("Authorization")
-        ):
+        credentials = self.server.web.credentials
+        if credentials.required and not credentials.check(self.headers.get("Authorization")):
             self._send(401, b"Unauthorized\n", "text/plain; charset=utf-8",
                        {"WWW-Authenticate": 'Basic realm="tcplife-exporter"'})
             return
@@ -242,7 +280,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
+        for name, value in {**self.server.web.headers, **(headers or {})}.items():
             self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":

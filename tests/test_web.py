@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import http.client
+import os
+import signal
 import socket
 import ssl
 import struct
 import subprocess
+import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -141,6 +148,7 @@ def test_bad_flags_are_one_line(args, message):
     ("basic_auth_user: {}\n", "unknown key; did you mean 'basic_auth_users'?"),
     ("tls_server_config: {cert_file: a, key_file: b, min_version: SSL3}\n",
      "tls_server_config.min_version: must be one of"),
+    ("http_server_config: {headers: {'Bad Name': x}}\n", "is not a valid HTTP header"),
 ])
 def test_bad_web_configs_are_one_line(tmp_path, text, message):
     done = run_exporter(*write_web_config(tmp_path, text))
@@ -207,3 +215,55 @@ def test_ipv6_listen_address_and_version(tmp_path):
         assert f'msg="listening on http://[::1]:{exporter.port}/metrics"' in exporter.stderr
     done = run_exporter("--version")
     assert done.returncode == 0 and done.stdout.startswith("tcplife-exporter ")
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_sigterm_during_scrapes_exits_cleanly(tmp_path, attempt):
+    """Keep-alive scrapers still running while the exporter shuts down (a race:
+    a few attempts)."""
+    with ExporterProcess(workdir=tmp_path) as exporter:
+        stop = threading.Event()
+
+        def scrape_forever() -> None:
+            connection = http.client.HTTPConnection("127.0.0.1", exporter.port, timeout=5)
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                while not stop.is_set():
+                    connection.request("GET", "/metrics")
+                    connection.getresponse().read()
+
+        scrapers = [threading.Thread(target=scrape_forever) for _ in range(24)]
+        for scraper in scrapers:
+            scraper.start()
+        time.sleep(0.5)
+        assert exporter.stop(signal.SIGTERM) == 0, exporter.stderr
+        stop.set()
+        for scraper in scrapers:
+            scraper.join()
+    assert "Traceback" not in exporter.stderr
+
+
+def test_all_interfaces_means_ipv4_too_even_with_bindv6only(tmp_path):
+    netns = f"tl-v6only-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    try:
+        inside = ["ip", "netns", "exec", netns]
+        subprocess.run([*inside, "ip", "link", "set", "lo", "up"], check=True)
+        subprocess.run([*inside, "sysctl", "-qw", "net.ipv6.bindv6only=1"], check=True)
+        exporter = ExporterProcess(workdir=tmp_path, prefix=inside)
+        exporter.argv[exporter.argv.index(f"127.0.0.1:{exporter.port}")] = f":{exporter.port}"
+        with exporter:
+            fetch = (f"import urllib.request as u; print(u.urlopen("
+                     f"'http://127.0.0.1:{exporter.port}/metrics', timeout=5).status)")
+            done = subprocess.run([*inside, sys.executable, "-c", fetch],
+                                  capture_output=True, text=True, timeout=30)
+            assert done.stdout.strip() == "200", done.stderr
+    finally:
+        subprocess.run(["ip", "netns", "del", netns], check=False)
+
+
+def test_http_server_config_headers(tmp_path):
+    web = write_web_config(tmp_path, "http_server_config:\n  http2: false\n  headers:\n"
+                                     "    X-Frame-Options: deny\n")
+    with ExporterProcess(args=web, workdir=tmp_path) as exporter, \
+            urllib.request.urlopen(exporter.url, timeout=10) as response:
+        assert response.headers["X-Frame-Options"] == "deny"

@@ -1,0 +1,288 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * churn: a TCP connection-churn load generator for loopback.
+ *
+ * Each worker thread plays both ends of one session after another: connect,
+ * accept, the client sends SIZE bytes, the server answers SIZE bytes, the
+ * server closes, the client reads the end of stream and closes. Every byte
+ * is checked. Closing from the server side keeps TIME_WAIT there, so the
+ * clients' ephemeral ports come back at once; sessions still close with FIN
+ * (no SO_LINGER 0). Each worker spreads its sessions over several server
+ * ports so that a 4-tuple is reused rarely.
+ *
+ * Prints one JSON line: sessions completed, bytes per session each way,
+ * failures (by the call that failed), duration and rate.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <getopt.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_SIZE (1 << 20)
+
+enum failure { FAIL_SOCKET, FAIL_CONNECT, FAIL_ACCEPT, FAIL_SEND, FAIL_RECV, FAIL_EOF, FAIL_KINDS };
+static const char *failure_names[FAIL_KINDS] = {
+	"socket", "connect", "accept", "send", "recv", "eof",
+};
+
+struct options {
+	int workers;
+	double seconds;
+	size_t size;
+	int ports;		/* server ports per worker */
+	int base_port;
+	bool ipv6;
+	bool client_closes;	/* the client closes first (TIME_WAIT on the client side) */
+	double rate;		/* sessions per second over all workers; 0: as fast as possible */
+};
+
+struct worker {
+	const struct options *opt;
+	int index;
+	int listeners[64];
+	unsigned long long sessions;
+	unsigned long long failures[FAIL_KINDS];
+	pthread_t thread;
+};
+
+static double now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static socklen_t server_address(const struct options *opt, int port, struct sockaddr_storage *ss)
+{
+	memset(ss, 0, sizeof(*ss));
+	if (opt->ipv6) {
+		struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
+
+		a->sin6_family = AF_INET6;
+		a->sin6_port = htons(port);
+		a->sin6_addr = in6addr_loopback;
+		return sizeof(*a);
+	}
+	struct sockaddr_in *a = (struct sockaddr_in *)ss;
+
+	a->sin_family = AF_INET;
+	a->sin_port = htons(port);
+	a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	return sizeof(*a);
+}
+
+static int listen_on(const struct options *opt, int port)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = server_address(opt, port, &ss);
+	int one = 1;
+	int fd = socket(ss.ss_family, SOCK_STREAM, 0);
+
+	if (fd < 0)
+		return -1;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (bind(fd, (struct sockaddr *)&ss, len) || listen(fd, 4096)) {
+		fprintf(stderr, "churn: cannot listen on port %d: %s\n", port, strerror(errno));
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+static bool send_all(int fd, const char *buf, size_t size)
+{
+	while (size) {
+		ssize_t n = send(fd, buf, size, MSG_NOSIGNAL);
+
+		if (n <= 0)
+			return false;
+		buf += n;
+		size -= n;
+	}
+	return true;
+}
+
+/* Reads exactly size bytes, each equal to `fill`. */
+static bool recv_exactly(int fd, char *buf, size_t size, char fill)
+{
+	while (size) {
+		ssize_t n = recv(fd, buf, size, 0);
+
+		if (n <= 0)
+			return false;
+		for (ssize_t i = 0; i < n; i++)
+			if (buf[i] != fill)
+				return false;
+		size -= n;
+	}
+	return true;
+}
+
+/* One session; returns -1 on success, else the failure kind. */
+static int one_session(const struct options *opt, int listener, int port, char *buf)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = server_address(opt, port, &ss);
+	int client, server = -1, failed = -1;
+
+	client = socket(ss.ss_family, SOCK_STREAM, 0);
+	if (client < 0)
+		return FAIL_SOCKET;
+	if (connect(client, (struct sockaddr *)&ss, len)) {
+		failed = FAIL_CONNECT;
+		goto out;
+	}
+	server = accept(listener, NULL, NULL);
+	if (server < 0) {
+		failed = FAIL_ACCEPT;
+		goto out;
+	}
+	memset(buf, 'c', opt->size);
+	if (!send_all(client, buf, opt->size)) {
+		failed = FAIL_SEND;
+		goto out;
+	}
+	if (!recv_exactly(server, buf, opt->size, 'c')) {
+		failed = FAIL_RECV;
+		goto out;
+	}
+	memset(buf, 's', opt->size);
+	if (!send_all(server, buf, opt->size)) {
+		failed = FAIL_SEND;
+		goto out;
+	}
+	if (!recv_exactly(client, buf, opt->size, 's')) {
+		failed = FAIL_RECV;
+		goto out;
+	}
+	if (opt->client_closes) {
+		close(client);
+		client = -1;
+		if (recv(server, buf, 1, 0) != 0)	/* the client's FIN */
+			failed = FAIL_EOF;
+	} else {
+		close(server);
+		server = -1;
+		if (recv(client, buf, 1, 0) != 0)	/* the server's FIN */
+			failed = FAIL_EOF;
+	}
+out:
+	if (server >= 0)
+		close(server);
+	if (client >= 0)
+		close(client);
+	return failed;
+}
+
+static void *work(void *arg)
+{
+	struct worker *w = arg;
+	const struct options *opt = w->opt;
+	char *buf = malloc(opt->size ? opt->size : 1);
+	double start = now(), deadline = start + opt->seconds;
+	double interval = opt->rate > 0 ? opt->workers / opt->rate : 0;
+	unsigned long long n = 0;
+
+	if (!buf)
+		return NULL;
+	while (now() < deadline) {
+		int k = n++ % opt->ports;
+		int port = opt->base_port + w->index * opt->ports + k;
+		int failed = one_session(opt, w->listeners[k], port, buf);
+
+		if (failed < 0)
+			w->sessions++;
+		else
+			w->failures[failed]++;
+		if (interval) {
+			double wait = start + n * interval - now();
+
+			if (wait > 0) {
+				struct timespec ts = { (time_t)wait, (long)((wait - (time_t)wait) * 1e9) };
+
+				nanosleep(&ts, NULL);
+			}
+		}
+	}
+	free(buf);
+	return NULL;
+}
+
+static void usage(void)
+{
+	fprintf(stderr,
+		"usage: churn [-w workers] [-d seconds] [-s bytes] [-p ports-per-worker]\n"
+		"             [-b base-port] [-r sessions-per-second] [-6] [-C]\n"
+		"  -C  the client closes first (default: the server, keeping clients' ports free)\n");
+	exit(2);
+}
+
+int main(int argc, char **argv)
+{
+	struct options opt = { .workers = 4, .seconds = 10, .size = 64, .ports = 8,
+			       .base_port = 20000 };
+	unsigned long long sessions = 0, failures[FAIL_KINDS] = { 0 }, failed = 0;
+	struct worker *workers;
+	double started, elapsed;
+	int c;
+
+	while ((c = getopt(argc, argv, "w:d:s:p:b:r:6C")) != -1) {
+		switch (c) {
+		case 'w': opt.workers = atoi(optarg); break;
+		case 'd': opt.seconds = atof(optarg); break;
+		case 's': opt.size = strtoul(optarg, NULL, 10); break;
+		case 'p': opt.ports = atoi(optarg); break;
+		case 'b': opt.base_port = atoi(optarg); break;
+		case 'r': opt.rate = atof(optarg); break;
+		case '6': opt.ipv6 = true; break;
+		case 'C': opt.client_closes = true; break;
+		default: usage();
+		}
+	}
+	if (opt.workers < 1 || opt.seconds <= 0 || opt.size > MAX_SIZE || opt.ports < 1 ||
+	    opt.ports > 64 || opt.base_port < 1 || opt.base_port + opt.workers * opt.ports > 65535)
+		usage();
+
+	workers = calloc(opt.workers, sizeof(*workers));
+	for (int i = 0; i < opt.workers; i++) {
+		workers[i].opt = &opt;
+		workers[i].index = i;
+		for (int k = 0; k < opt.ports; k++) {
+			workers[i].listeners[k] = listen_on(&opt, opt.base_port + i * opt.ports + k);
+			if (workers[i].listeners[k] < 0)
+				return 1;
+		}
+	}
+	started = now();
+	for (int i = 0; i < opt.workers; i++)
+		pthread_create(&workers[i].thread, NULL, work, &workers[i]);
+	for (int i = 0; i < opt.workers; i++) {
+		pthread_join(workers[i].thread, NULL);
+		sessions += workers[i].sessions;
+		for (int k = 0; k < FAIL_KINDS; k++) {
+			failures[k] += workers[i].failures[k];
+			failed += workers[i].failures[k];
+		}
+	}
+	elapsed = now() - started;
+
+	printf("{\"sessions\": %llu, \"bytes_each_way\": %zu, \"failures\": %llu, \"failed\": {",
+	       sessions, opt.size, failed);
+	for (int k = 0; k < FAIL_KINDS; k++)
+		printf("%s\"%s\": %llu", k ? ", " : "", failure_names[k], failures[k]);
+	printf("}, \"seconds\": %.3f, \"rate\": %.1f, \"workers\": %d, \"family\": %d}\n",
+	       elapsed, sessions / elapsed, opt.workers, opt.ipv6 ? 6 : 4);
+	return failed ? 3 : 0;
+}

@@ -1,0 +1,324 @@
+"""Benchmark: what tcplife-exporter and tcplife cost under connection churn, and
+whether they lose sessions.
+
+Runs, in rounds and in rotating order: the churn alone; the churn with
+tcplife-exporter attached and scraped every second; the churn with tcplife
+printing every session. Then tcplife at a fixed 10k sessions/s, and scrape
+time and size at about 1k and 10k series. Prints a Markdown table.
+
+Run as root from the repository: `make bench` (or `.venv/bin/python bench/run.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+CHURN = BENCH / "churn"
+EXPORTER = [sys.executable, "-m", "tcplife_exporter.exporter_cli"]
+TCPLIFE = [sys.executable, "-m", "tcplife_exporter.tcplife_cli"]
+STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
+TICKS = os.sysconf("SC_CLK_TCK")
+EXPORTER_PORT = 19591
+
+
+@dataclass
+class Run:
+    """One churn run, with or without a tool."""
+
+    tool: str
+    sessions: int = 0
+    failures: int = 0
+    rate: float = 0.0
+    cpu_s: float = 0.0  # the tool's user + system CPU during the churn
+    peak_rss: int = 0  # bytes
+    bpf_ns: dict[str, tuple[int, int]] = field(default_factory=dict)  # program: (ns, runs)
+    traced: int = 0  # sessions the tool reported (both ends count)
+    lost: int = 0  # sessions the tool says it lost
+    scrape_s: list[float] = field(default_factory=list)
+
+    @property
+    def expected(self) -> int:
+        """Both ends of every session the churn opened are traced on loopback."""
+        return 2 * (self.sessions + self.failures)
+
+
+def churn(seconds: float, workers: int, extra: list[str] = ()) -> dict:
+    done = subprocess.run([str(CHURN), "-w", str(workers), "-d", str(seconds), *extra],
+                          capture_output=True, text=True, check=False)
+    if done.returncode not in (0, 3):
+        raise SystemExit(f"churn failed: {done.stderr.strip()}")
+    return json.loads(done.stdout)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+
+
+def peak_rss(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M).group(1)) * 1024
+
+
+def programs_of(pid: int) -> set[int]:
+    ids = set()
+    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+        with contextlib.suppress(OSError):
+            ids.update(int(m) for m in re.findall(r"^prog_id:\s+(\d+)$", info.read_text(), re.M))
+    return ids
+
+
+def program_stats(ids: set[int]) -> dict[str, tuple[int, int]]:
+    shown = json.loads(subprocess.run(["bpftool", "prog", "show", "--json"], check=True,
+                                      capture_output=True, text=True).stdout)
+    return {p["name"]: (p.get("run_time_ns", 0), p.get("run_cnt", 0))
+            for p in shown if p["id"] in ids}
+
+
+def scrape(url: str) -> tuple[float, bytes]:
+    start = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=10) as response:
+        body = response.read()
+    return time.perf_counter() - start, body
+
+
+def samples(body: bytes) -> dict[str, float]:
+    """Sample name -> sum over its series."""
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
+
+
+def wait_for_line(stream, text: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    for line in stream:
+        if text in line:
+            return
+        if time.monotonic() > deadline:
+            break
+    raise SystemExit(f"tool did not start (waiting for {text!r})")
+
+
+def run_baseline(args) -> Run:
+    result = churn(args.seconds, args.workers)
+    return Run("baseline", result["sessions"], result["failures"], result["rate"])
+
+
+@contextlib.contextmanager
+def exporter(config: str):
+    with tempfile.TemporaryDirectory() as workdir:
+        path = Path(workdir) / "config.yaml"
+        path.write_text(config)
+        proc = subprocess.Popen(
+            [*EXPORTER, "--config.file", str(path),
+             "--web.listen-address", f"[::1]:{EXPORTER_PORT}", "--log.level", "warn"],
+            cwd=REPO, stderr=subprocess.PIPE, text=True)
+        url = f"http://[::1]:{EXPORTER_PORT}/metrics"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                scrape(url)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"exporter did not start: {proc.stderr.read()}") from None
+                time.sleep(0.1)
+        try:
+            yield proc, url
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+
+
+# Scrapes travel over IPv6, the churn over IPv4: the filter keeps them apart.
+EXPORTER_CONFIG = "filters: {family: ipv4}\n"
+
+
+def run_exporter(args) -> Run:
+    with exporter(EXPORTER_CONFIG) as (proc, url):
+        run = Run("exporter")
+        stop = threading.Event()
+
+        def scraper() -> None:
+            while not stop.wait(1.0):
+                run.scrape_s.append(scrape(url)[0])
+
+        thread = threading.Thread(target=scraper)
+        cpu_before = cpu_seconds(proc.pid)
+        thread.start()
+        result = churn(args.seconds, args.workers)
+        stop.set()
+        thread.join()
+        time.sleep(0.5)
+        _, body = scrape(url)
+        run.cpu_s = cpu_seconds(proc.pid) - cpu_before
+        run.peak_rss = peak_rss(proc.pid)
+        found = samples(body)
+        run.sessions, run.failures, run.rate = (result["sessions"], result["failures"],
+                                                result["rate"])
+        run.traced = int(found.get("tcplife_session_duration_seconds_count", 0)
+                         + found.get("tcplife_handshake_failures_total", 0))
+        run.lost = int(sum(found.get(name, 0) for name in (
+            "tcplife_exporter_sessions_birth_unseen_total",
+            "tcplife_exporter_map_insert_failures_total")))
+        run.bpf_ns = program_stats(programs_of(proc.pid))
+    return run
+
+
+def run_tcplife(args, rate: float = 0) -> Run:
+    tool = subprocess.Popen([*TCPLIFE, "-4"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    counter = subprocess.Popen(["wc", "-l"], stdin=tool.stdout, stdout=subprocess.PIPE,
+                               text=True)
+    tool.stdout.close()  # wc owns the pipe now
+    wait_for_line(tool.stderr, "Tracing TCP sessions")
+    run = Run("tcplife" if not rate else f"tcplife at {rate:.0f}/s")
+    cpu_before = cpu_seconds(tool.pid)
+    extra = ["-r", str(rate)] if rate else []
+    result = churn(args.seconds, args.workers, extra)
+    time.sleep(0.3)
+    run.cpu_s = cpu_seconds(tool.pid) - cpu_before
+    run.peak_rss = peak_rss(tool.pid)
+    run.bpf_ns = program_stats(programs_of(tool.pid))
+    tool.send_signal(signal.SIGINT)
+    errors = tool.stderr.read()
+    tool.wait(timeout=60)
+    lines = int(counter.communicate(timeout=60)[0])
+    run.sessions, run.failures, run.rate = result["sessions"], result["failures"], result["rate"]
+    run.traced = lines - 1  # the header
+    run.lost = sum(int(n) for n in re.findall(r"tcplife: (\d+) sessions", errors))
+    return run
+
+
+def scrape_cost(args, ports_per_worker: int) -> dict:
+    """Scrape time and body size with label sets made from many service ports."""
+    config = EXPORTER_CONFIG + "ports: {auto: true, auto_limit: 1000}\n"
+    with exporter(config) as (_proc, url):
+        churn(2, 2, ["-p", str(ports_per_worker), "-b", "21000"])
+        time.sleep(0.5)
+        times, body = [], b""
+        for _ in range(args.scrapes):
+            took, body = scrape(url)
+            times.append(took)
+    series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
+    return {"series": series, "bytes": len(body), "median_s": statistics.median(times),
+            "max_s": max(times)}
+
+
+def build_churn() -> None:
+    source = BENCH / "churn.c"
+    if not CHURN.exists() or CHURN.stat().st_mtime < source.stat().st_mtime:
+        subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-pthread", str(source), "-o",
+                        str(CHURN)], check=True)
+
+
+def per_event_ns(run: Run) -> tuple[float, float]:
+    """(ns per run of the main program, ns of both programs per main-program run)."""
+    main = run.bpf_ns.get("inet_sock_set_state", (0, 0))
+    nested = run.bpf_ns.get("inet_sock_set_state_nested", (0, 0))
+    if not main[1]:
+        return 0.0, 0.0
+    return main[0] / main[1], (main[0] + nested[0]) / main[1]
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.3f} ({min(values):.3f} to {max(values):.3f})"
+
+
+def report(rounds: list[dict[str, Run]], paced: Run, scrapes: list[dict], args) -> str:
+    out = [f"Machine: {platform.node()}, Linux {platform.release()}, {os.cpu_count()} CPUs; "
+           f"{len(rounds)} rounds of {args.seconds:g} s, {args.workers} churn workers, "
+           "64 B each way, IPv4 loopback.", ""]
+    base = [r["baseline"].rate for r in rounds]
+    out.append(f"Baseline churn: median {statistics.median(base):,.0f} sessions/s "
+               f"(range {min(base):,.0f} to {max(base):,.0f}); "
+               "each session is traced at both ends.")
+    out += ["", "| | exporter (scraped every 1 s) | tcplife > counter |", "|---|---|---|"]
+    rows = {name: [r[name] for r in rounds] for name in ("exporter", "tcplife")}
+
+    def row(label: str, fn) -> None:
+        out.append(f"| {label} | {fn(rows['exporter'])} | {fn(rows['tcplife'])} |")
+
+    row("throughput vs. baseline, median (range)",
+        lambda runs: spread([run.rate / r["baseline"].rate for run, r in zip(runs, rounds)]))
+    row("user-space CPU s per 1M sessions", lambda runs: spread(
+        [run.cpu_s / max(run.sessions, 1) * 1e6 for run in runs]))
+    row("peak RSS (MB)", lambda runs: f"{max(r.peak_rss for r in runs) / 1e6:.1f}")
+    row("BPF ns per run, main program", lambda runs: spread(
+        [per_event_ns(r)[0] for r in runs]))
+    row("BPF ns per event, both programs", lambda runs: spread(
+        [per_event_ns(r)[1] for r in runs]))
+    row("sessions traced / expected (all rounds)", lambda runs: (
+        f"{sum(r.traced for r in runs):,} / {sum(r.expected for r in runs):,}"))
+    row("sessions lost (reported by the tool)", lambda runs: f"{sum(r.lost for r in runs):,}")
+    scrape_times = [t for r in rows["exporter"] for t in r.scrape_s]
+    out.append(f"| scrape time during churn, median (max) | "
+               f"{statistics.median(scrape_times) * 1e3:.1f} ms "
+               f"({max(scrape_times) * 1e3:.1f} ms) | |")
+    out += ["", f"tcplife at a fixed {paced.rate:,.0f} sessions/s for {args.seconds:g} s: "
+            f"{paced.traced:,} lines for {paced.expected:,} traced sessions, "
+            f"{paced.lost} reported lost.", "",
+            "| series in a scrape | body | scrape time, median (max) |", "|---|---|---|"]
+    for s in scrapes:
+        out.append(f"| {s['series']:,} | {s['bytes'] / 1e3:,.0f} kB | "
+                   f"{s['median_s'] * 1e3:.1f} ms ({s['max_s'] * 1e3:.1f} ms) |")
+    return "\n".join(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--scrapes", type=int, default=20)
+    parser.add_argument("--json", metavar="PATH", help="also write the raw runs here")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("bench: run as root (it loads BPF programs)")
+    build_churn()
+    stats_before = STATS_SYSCTL.read_text()
+    STATS_SYSCTL.write_text("1")
+    try:
+        runners = {"baseline": run_baseline, "exporter": run_exporter, "tcplife": run_tcplife}
+        rounds = []
+        for number in range(args.rounds):
+            order = list(runners)[number % 3:] + list(runners)[: number % 3]
+            rounds.append({name: runners[name](args) for name in order})
+            print(f"round {number + 1}: " + ", ".join(
+                f"{name} {run.rate:,.0f}/s" for name, run in rounds[-1].items()),
+                file=sys.stderr)
+        paced = run_tcplife(args, rate=10_000)
+        scrapes = [scrape_cost(args, ports) for ports in (4, 41)]
+    finally:
+        STATS_SYSCTL.write_text(stats_before)
+    print(report(rounds, paced, scrapes, args))
+    if args.json:
+        raw = {"rounds": [{k: v.__dict__ for k, v in r.items()} for r in rounds],
+               "paced": paced.__dict__, "scrapes": scrapes}
+        Path(args.json).write_text(json.dumps(raw, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
