@@ -311,9 +311,16 @@ static __always_inline void copy_addresses(const struct sock *sk, struct session
 	copy_remote_address(sk, r->family, r->raddr);
 }
 
-static __always_inline long wakeup_flag(void)
+/*
+ * Wake the reader once, when the waiting data grows past the threshold: not
+ * at every record while it stays above (each wake-up is an irq_work, several
+ * microseconds), nor below it (the reader polls every 100 ms anyway).
+ */
+static __always_inline long wakeup_flag(__u64 size)
 {
-	if (bpf_ringbuf_query(&records, BPF_RB_AVAIL_DATA) >= ringbuf_wakeup_bytes)
+	__u64 waiting = bpf_ringbuf_query(&records, BPF_RB_AVAIL_DATA);
+
+	if (waiting < ringbuf_wakeup_bytes && waiting + size >= ringbuf_wakeup_bytes)
 		return BPF_RB_FORCE_WAKEUP;
 	return BPF_RB_NO_WAKEUP;
 }
@@ -489,7 +496,7 @@ static __always_inline int session_closed(const struct sock *sk, int oldstate)
 		count(COUNTER_BIRTH_UNSEEN);
 	else if (fold_metrics)
 		fold(&r);
-	if (emit_records && bpf_ringbuf_output(&records, &r, sizeof(r), wakeup_flag()))
+	if (emit_records && bpf_ringbuf_output(&records, &r, sizeof(r), wakeup_flag(sizeof(r))))
 		count(COUNTER_RINGBUF_DROPS);
 forget:
 	if (s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import time
@@ -36,6 +37,7 @@ def _kib(count: int) -> int:
     return count // 1024
 
 
+@functools.lru_cache(maxsize=4096)  # few distinct process names, many sessions
 def printable(text: str) -> str:
     """Process names are chosen by any user: escape what could break a line."""
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
@@ -54,6 +56,9 @@ def _ms(session: Session) -> str:
 
 
 COLUMNS = ("PID", "COMM", "IP", "LADDR", "LPORT", "RADDR", "RPORT", "TX_KB", "RX_KB", "MS")
+# bcc's column widths; a precision truncates the process name. Fields as in COLUMNS.
+_WIDE_ROW = "{0:<7} {1:<12.12} {2:<2} {3:<39} {4:<5} {5:<39} {6:<5} {7:>6} {8:>6} {9}"
+_NARROW_ROW = "{0:<5} {1:<10.10} {3:<15} {4:<5} {5:<15} {6:<5} {7:>5} {8:>5} {9}"
 
 
 class Formatter:
@@ -102,21 +107,14 @@ class Formatter:
     def _join(self, times: list[str], fields: tuple[str, ...]) -> str:
         if self.style.csv:
             return _csv_row([*times, *fields])
+        if not times:
+            return self._columns(fields)
         widths = [8] * self.style.clock_time + [9] * self.style.timestamp
         prefix = "".join(f"{value:<{width}} " for value, width in zip(times, widths))
         return prefix + self._columns(fields)
 
     def _columns(self, fields: tuple[str, ...]) -> str:
-        pid, comm, ip, laddr, lport, raddr, rport, tx_kb, rx_kb, ms = fields
-        if self.style.wide:
-            return (
-                f"{pid:<7} {comm[:12]:<12} {ip:<2} {laddr:<39} {lport:<5} "
-                f"{raddr:<39} {rport:<5} {tx_kb:>6} {rx_kb:>6} {ms}"
-            )
-        return (
-            f"{pid:<5} {comm[:10]:<10} {laddr:<15} {lport:<5} "
-            f"{raddr:<15} {rport:<5} {tx_kb:>5} {rx_kb:>5} {ms}"
-        )
+        return (_WIDE_ROW if self.style.wide else _NARROW_ROW).format(*fields)
 
     def _json(self, session: Session) -> str:
         record = session.as_json()

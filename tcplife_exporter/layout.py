@@ -26,6 +26,15 @@ class StructLayout:
         size, fields = btf.struct(name)
         self._fields = [f for f in fields if not f.name.startswith("_")]  # not padding
         self._struct = struct.Struct(_format(name, size, fields))
+        self._names = tuple(f.name for f in self._fields)
+        # (name, index among the unpacked values, length if an integer array).
+        self._plan: list[tuple[str, int, int]] = []
+        position = 0
+        for field in self._fields:
+            length = field.array_len if _is_int_array(field) else 0
+            self._plan.append((field.name, position, length))
+            position += length or 1
+        self._has_arrays = any(length for _name, _index, length in self._plan)
 
     @property
     def size(self) -> int:
@@ -42,16 +51,10 @@ class StructLayout:
                 f"the {self.size} bytes its BTF describes"
             )
         flat = self._struct.unpack_from(data, offset)
-        values: dict[str, Value] = {}
-        position = 0
-        for field in self._fields:
-            if _is_int_array(field):
-                values[field.name] = flat[position : position + field.array_len]
-                position += field.array_len
-            else:
-                values[field.name] = flat[position]
-                position += 1
-        return values
+        if not self._has_arrays:  # records: the hot path of tcplife
+            return dict(zip(self._names, flat))
+        return {name: flat[index : index + length] if length else flat[index]
+                for name, index, length in self._plan}
 
     def pack(self, **values: Value) -> bytes:
         """The struct with the given fields set and every other one zero."""

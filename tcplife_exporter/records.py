@@ -6,6 +6,7 @@ The decoder builds its layout from the BPF object's BTF, so the C header in
 
 from __future__ import annotations
 
+import functools
 import socket
 from dataclasses import asdict, dataclass
 
@@ -17,7 +18,7 @@ _FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
 _ADDRESS_BYTES = {4: 4, 6: 16}
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: a frozen dataclass takes twice as long to build
 class Session:
     """One closed TCP session."""
 
@@ -66,7 +67,7 @@ class RecordDecoder:
         birth_seen = bool(flags & self._birth_seen)
         return Session(
             pid=raw["pid"],
-            comm=raw["comm"].split(b"\0", 1)[0].decode(errors="replace"),
+            comm=_comm_text(raw["comm"]),
             family=family,
             laddr=address_text(family, raw["laddr"]),
             lport=raw["lport"],
@@ -82,5 +83,13 @@ class RecordDecoder:
         )
 
 
+# Caches: tcplife decodes tens of thousands of records a second, and their
+# addresses and process names repeat.
+@functools.lru_cache(maxsize=4096)
 def address_text(family: int, packed: bytes) -> str:
     return socket.inet_ntop(_FAMILIES[family], packed[: _ADDRESS_BYTES[family]])
+
+
+@functools.lru_cache(maxsize=4096)
+def _comm_text(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode(errors="replace")

@@ -12,12 +12,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 
-from . import folding, preflight
+from . import folding, preflight, ringbuf
 from .btf import Btf
 from .errors import TcplifeError
 from .layout import StructLayout
 from .libbpf import BpfObject, RingBuffer, num_possible_cpus
 from .records import RecordDecoder, Session
+from .ringbuf import MappedRingBuffer
 
 PROGRAM = "inet_sock_set_state"
 # Catches the events the kernel skips while PROGRAM runs: attached after it.
@@ -102,7 +103,7 @@ class SessionTracer:
     ) -> None:
         preflight.check_all()
         self._obj = BpfObject(bpf_object_path())
-        self._ring: RingBuffer | None = None
+        self._ring: MappedRingBuffer | RingBuffer | None = None
         try:
             self._setup(options, on_session)
         except BaseException:
@@ -129,9 +130,10 @@ class SessionTracer:
         self._obj.attach(PROGRAM)
         self._obj.attach(NESTED_PROGRAM)
         if options.emit_records and on_session is not None:
-            self._ring = RingBuffer(
-                self._obj.map_fd("records"), lambda data: on_session(decoder.decode(data))
-            )
+            fd = self._obj.map_fd("records")
+            deliver = lambda data: on_session(decoder.decode(data))  # noqa: E731
+            self._ring = (MappedRingBuffer(fd, ring_bytes, deliver) if ringbuf.supported()
+                          else RingBuffer(fd, deliver))
 
     def _write_rodata(self, btf: Btf, values: dict[str, int | bytes]) -> None:
         data = self._obj.internal_map_data(".rodata")
