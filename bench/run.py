@@ -291,7 +291,8 @@ def report(rounds: list[dict[str, Run]], costed: dict[str, Run], paced: Run,
                f"({max(scrape_times) * 1e3:.1f} ms) | |")
     out += ["", f"tcplife at a fixed {paced.rate:,.0f} sessions/s for {args.seconds:g} s: "
             f"{paced.traced:,} lines for {paced.expected:,} traced sessions, "
-            f"{paced.lost} reported lost {paced.loss_reasons or ''}.", "",
+            f"{paced.lost} reported lost"
+            + (f" ({'; '.join(paced.loss_reasons)})." if paced.loss_reasons else "."), "",
             "| series in a scrape | body | scrape time, median (max) |", "|---|---|---|"]
     for s in scrapes:
         out.append(f"| {s['series']:,} | {s['bytes'] / 1e3:,.0f} kB | "

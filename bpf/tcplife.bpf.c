@@ -247,6 +247,9 @@ static __always_inline int owner_seen(const struct sock *sk)
 	if (s) {
 		if (!s->pid)
 			remember_owner(s);
+		/* An accepted session's owner is known only now: apply -p / filters.pid. */
+		if (filter_tgid && s->pid != filter_tgid)
+			bpf_map_delete_elem(&sessions, &key);
 		return 0;
 	}
 	/* Opened before the tracer: keep at least who closed it. */
@@ -255,6 +258,21 @@ static __always_inline int owner_seen(const struct sock *sk)
 	err = bpf_map_update_elem(&sessions, &key, &fresh, BPF_NOEXIST);
 	if (err && err != -EEXIST)	/* EEXIST: another CPU was first, nothing lost */
 		count(COUNTER_SESSION_MAP_FULL);
+	return 0;
+}
+
+/*
+ * connect() picks the local port after the birth: with a local-port filter,
+ * an outbound session that does not match stops being tracked once it is
+ * known (it would be dropped at the close anyway, but meanwhile it takes a
+ * table slot and counts as open).
+ */
+static __always_inline int local_port_chosen(const struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+
+	if (!port_in(lport_bitmap, sk->__sk_common.skc_num))
+		bpf_map_delete_elem(&sessions, &key);
 	return 0;
 }
 
@@ -516,6 +534,8 @@ static __always_inline int state_changed(const struct sock *sk, int oldstate, in
 	case TCP_FIN_WAIT1:
 	case TCP_LAST_ACK:
 		return owner_seen(sk);
+	case TCP_ESTABLISHED:
+		return filter_lports && oldstate == TCP_SYN_SENT ? local_port_chosen(sk) : 0;
 	}
 	return 0;
 }

@@ -363,3 +363,25 @@ def test_sessions_closing_in_a_softirq_that_interrupts_the_program_are_kept(tmp_
     if missed:
         assert value(samples, "tcplife_exporter_bpf_nested_events_total") > 0
     assert value(samples, "tcplife_exporter_bpf_runs_total", program="main") > 0
+
+
+def test_local_port_filter_drops_outbound_sessions_once_their_port_is_known(tmp_path, ports):
+    """With filters.local_ports, only the server side of these sessions is kept:
+    the client side stops counting as open as soon as connect() picks its port."""
+    port = ports[0]
+    config = f"filters: {{local_ports: [{port}], family: ipv6}}\n"
+    with ExporterProcess(config, workdir=tmp_path) as exporter:
+        listener = socket.create_server((V6, port), family=socket.AF_INET6)
+        client = socket.create_connection((V6, port))
+        server, _ = listener.accept()
+        gauge = "tcplife_sessions_open"
+        samples = exporter.wait_until(lambda s: total(s, gauge, direction="inbound") == 1)
+        assert total(samples, gauge, direction="inbound") == 1
+        assert total(samples, gauge, direction="outbound") == 0
+        for sock in (client, server, listener):
+            sock.close()
+        samples = exporter.wait_until(lambda s: total(s, f"{DURATION}_count") == 1)
+    assert value(samples, f"{DURATION}_count", direction="inbound", port=str(port),
+                 family="ipv6") == 1
+    assert total(samples, f"{DURATION}_count", direction="outbound") == 0
+    assert value(samples, "tcplife_exporter_sessions_birth_unseen_total") == 0
