@@ -90,8 +90,10 @@ static int listen_on(const struct options *opt, int port)
 	int one = 1;
 	int fd = socket(ss.ss_family, SOCK_STREAM, 0);
 
-	if (fd < 0)
+	if (fd < 0) {
+		fprintf(stderr, "churn: socket: %s\n", strerror(errno));
 		return -1;
+	}
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
 	if (bind(fd, (struct sockaddr *)&ss, len) || listen(fd, 4096)) {
 		fprintf(stderr, "churn: cannot listen on port %d: %s\n", port, strerror(errno));
@@ -195,8 +197,10 @@ static void *work(void *arg)
 	double interval = opt->rate > 0 ? opt->workers / opt->rate : 0;
 	unsigned long long n = 0;
 
-	if (!buf)
-		return NULL;
+	if (!buf) {
+		fprintf(stderr, "churn: out of memory\n");
+		exit(1);
+	}
 	while (now() < deadline) {
 		int k = n++ % opt->ports;
 		int port = opt->base_port + w->index * opt->ports + k;
@@ -207,7 +211,8 @@ static void *work(void *arg)
 		else
 			w->failures[failed]++;
 		if (interval) {
-			double wait = start + n * interval - now();
+			double next = start + n * interval;
+			double wait = (next < deadline ? next : deadline) - now();
 
 			if (wait > 0) {
 				struct timespec ts = { (time_t)wait, (long)((wait - (time_t)wait) * 1e9) };
@@ -218,6 +223,19 @@ static void *work(void *arg)
 	}
 	free(buf);
 	return NULL;
+}
+
+/* A whole-string number within [low, high], else the usage message. */
+static double number(const char *text, double low, double high)
+{
+	char *end;
+	double value = strtod(text, &end);
+
+	if (end == text || *end || value < low || value > high) {
+		fprintf(stderr, "churn: %s is not a number from %g to %g\n", text, low, high);
+		exit(2);
+	}
+	return value;
 }
 
 static void usage(void)
@@ -240,22 +258,28 @@ int main(int argc, char **argv)
 
 	while ((c = getopt(argc, argv, "w:d:s:p:b:r:6C")) != -1) {
 		switch (c) {
-		case 'w': opt.workers = atoi(optarg); break;
-		case 'd': opt.seconds = atof(optarg); break;
-		case 's': opt.size = strtoul(optarg, NULL, 10); break;
-		case 'p': opt.ports = atoi(optarg); break;
-		case 'b': opt.base_port = atoi(optarg); break;
-		case 'r': opt.rate = atof(optarg); break;
+		case 'w': opt.workers = (int)number(optarg, 1, 1024); break;
+		case 'd': opt.seconds = number(optarg, 0.001, 1e6); break;
+		case 's': opt.size = (size_t)number(optarg, 0, MAX_SIZE); break;
+		case 'p': opt.ports = (int)number(optarg, 1, 64); break;
+		case 'b': opt.base_port = (int)number(optarg, 1, 65535); break;
+		case 'r': opt.rate = number(optarg, 0, 1e9); break;
 		case '6': opt.ipv6 = true; break;
 		case 'C': opt.client_closes = true; break;
 		default: usage();
 		}
 	}
-	if (opt.workers < 1 || opt.seconds <= 0 || opt.size > MAX_SIZE || opt.ports < 1 ||
-	    opt.ports > 64 || opt.base_port < 1 || opt.base_port + opt.workers * opt.ports > 65535)
-		usage();
+	if ((long)opt.base_port + (long)opt.workers * opt.ports > 65536) {
+		fprintf(stderr, "churn: ports %d to %ld do not all exist\n", opt.base_port,
+			(long)opt.base_port + (long)opt.workers * opt.ports - 1);
+		return 2;
+	}
 
 	workers = calloc(opt.workers, sizeof(*workers));
+	if (!workers) {
+		fprintf(stderr, "churn: out of memory\n");
+		return 1;
+	}
 	for (int i = 0; i < opt.workers; i++) {
 		workers[i].opt = &opt;
 		workers[i].index = i;
@@ -266,8 +290,12 @@ int main(int argc, char **argv)
 		}
 	}
 	started = now();
-	for (int i = 0; i < opt.workers; i++)
-		pthread_create(&workers[i].thread, NULL, work, &workers[i]);
+	for (int i = 0; i < opt.workers; i++) {
+		if (pthread_create(&workers[i].thread, NULL, work, &workers[i])) {
+			fprintf(stderr, "churn: cannot start worker %d\n", i);
+			return 1;
+		}
+	}
 	for (int i = 0; i < opt.workers; i++) {
 		pthread_join(workers[i].thread, NULL);
 		sessions += workers[i].sessions;

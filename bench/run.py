@@ -54,19 +54,24 @@ class Run:
     traced: int = 0  # sessions the tool reported (both ends count)
     lost: int = 0  # sessions the tool says it lost
     scrape_s: list[float] = field(default_factory=list)
+    scrape_series: int = 0
     loss_reasons: list[str] = field(default_factory=list)
+    failed: dict[str, int] = field(default_factory=dict)  # churn failures by call
 
     @property
     def expected(self) -> int:
-        """Both ends of every session the churn opened are traced on loopback."""
-        return 2 * (self.sessions + self.failures)
+        """Both ends of every session are traced on loopback; a failed socket() opens
+        nothing, a refused connect() one outbound handshake failure."""
+        opened_both = self.sessions + self.failures - self.failed.get("socket", 0) \
+            - self.failed.get("connect", 0)
+        return 2 * opened_both + self.failed.get("connect", 0)
 
 
 def churn(seconds: float, workers: int, extra: list[str] = ()) -> dict:
     done = subprocess.run([str(CHURN), "-w", str(workers), "-d", str(seconds), *extra],
                           capture_output=True, text=True, check=False)
-    if done.returncode not in (0, 3):
-        raise SystemExit(f"churn failed: {done.stderr.strip()}")
+    if done.returncode not in (0, 3):  # 3: some sessions failed; counted and reported
+        raise SystemExit(f"churn failed ({done.returncode}): {done.stderr.strip()}")
     return json.loads(done.stdout)
 
 
@@ -111,19 +116,44 @@ def samples(body: bytes) -> dict[str, float]:
     return totals
 
 
-def wait_for_line(stream, text: str, timeout: float = 30) -> None:
+@contextlib.contextmanager
+def tool_process(argv: list[str], stdout=subprocess.DEVNULL):
+    """A tool whose stderr goes to a file (read with .stderr_text()); always stopped."""
+    with tempfile.TemporaryFile("w+") as errors:
+        proc = subprocess.Popen(argv, cwd=REPO, stdout=stdout, stderr=errors, text=True)
+        proc.stderr_text = lambda: (errors.seek(0), errors.read())[1]
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def wait_until(ready, proc: subprocess.Popen, what: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
-    for line in stream:
-        if text in line:
-            return
-        if time.monotonic() > deadline:
-            break
-    raise SystemExit(f"tool did not start (waiting for {text!r})")
+    while not ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"{what} did not start: {proc.stderr_text().strip()}")
+        time.sleep(0.1)
 
 
 def run_baseline(args) -> Run:
     result = churn(args.seconds, args.workers)
-    return Run("baseline", result["sessions"], result["failures"], result["rate"])
+    return Run("baseline", result["sessions"], result["failures"], result["rate"],
+               failed=result["failed"])
+
+
+def _answers(url: str) -> bool:
+    try:
+        scrape(url)
+        return True
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
@@ -131,53 +161,53 @@ def exporter(config: str):
     with tempfile.TemporaryDirectory() as workdir:
         path = Path(workdir) / "config.yaml"
         path.write_text(config)
-        proc = subprocess.Popen(
-            [*EXPORTER, "--config.file", str(path),
-             "--web.listen-address", f"[::1]:{EXPORTER_PORT}", "--log.level", "warn"],
-            cwd=REPO, stderr=subprocess.PIPE, text=True)
         url = f"http://[::1]:{EXPORTER_PORT}/metrics"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                scrape(url)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"exporter did not start: {proc.stderr.read()}") from None
-                time.sleep(0.1)
-        try:
+        argv = [*EXPORTER, "--config.file", str(path),
+                "--web.listen-address", f"[::1]:{EXPORTER_PORT}", "--log.level", "warn"]
+        with tool_process(argv) as proc:
+            wait_until(lambda: _answers(url), proc, "tcplife-exporter")
             yield proc, url
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
 
 
-# Scrapes travel over IPv6, the churn over IPv4: the filter keeps them apart.
+# Scrapes travel over IPv6, the churn over IPv4: the filter keeps them apart. The bench
+# expects no other IPv4 TCP traffic on the host while it runs.
 EXPORTER_CONFIG = "filters: {family: ipv4}\n"
+
+
+@contextlib.contextmanager
+def scraping(url: str, every_s: float, times: list[float]):
+    """Scrapes in a thread while the block runs, their durations into ``times``."""
+    stop = threading.Event()
+
+    def scraper() -> None:
+        while not stop.wait(every_s):
+            times.append(scrape(url)[0])
+
+    thread = threading.Thread(target=scraper)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def run_exporter(args) -> Run:
     with exporter(EXPORTER_CONFIG) as (proc, url):
         run = Run("exporter")
-        stop = threading.Event()
-
-        def scraper() -> None:
-            while not stop.wait(1.0):
-                run.scrape_s.append(scrape(url)[0])
-
-        thread = threading.Thread(target=scraper)
         cpu_before = cpu_seconds(proc.pid)
-        thread.start()
-        result = churn(args.seconds, args.workers)
-        stop.set()
-        thread.join()
-        time.sleep(0.5)
-        _, body = scrape(url)
+        with scraping(url, 1.0, run.scrape_s):
+            result = churn(args.seconds, args.workers)
         run.cpu_s = cpu_seconds(proc.pid) - cpu_before
+        time.sleep(0.5)  # the last closes
+        _, body = scrape(url)
         run.peak_rss = peak_rss(proc.pid)
         found = samples(body)
         run.sessions, run.failures, run.rate = (result["sessions"], result["failures"],
                                                 result["rate"])
+        run.failed = result["failed"]
+        run.scrape_series = sum(1 for line in body.splitlines()
+                                if line and not line.startswith(b"#"))
         run.traced = int(found.get("tcplife_session_duration_seconds_count", 0)
                          + found.get("tcplife_handshake_failures_total", 0))
         run.lost = int(sum(found.get(name, 0) for name in (
@@ -192,47 +222,46 @@ def run_exporter(args) -> Run:
 def run_tcplife(args, rate: float = 0) -> Run:
     # Printed to a file in RAM (tmpfs): as cheap as /dev/null, and the lines can be counted.
     with tempfile.NamedTemporaryFile("w+b", dir="/dev/shm", prefix="tcplife-bench-") as sink:
-        tool = subprocess.Popen([*TCPLIFE, "-4"], cwd=REPO, stdout=sink,
-                                stderr=subprocess.PIPE, text=True)
-        run = _measure_tcplife(args, tool, rate)
+        with tool_process([*TCPLIFE, "-4"], stdout=sink) as tool:
+            wait_until(lambda: "Tracing TCP sessions" in tool.stderr_text(), tool, "tcplife")
+            run = Run("tcplife" if not rate else f"tcplife at {rate:.0f}/s")
+            cpu_before = cpu_seconds(tool.pid)
+            result = churn(args.seconds, args.workers, ["-r", str(rate)] if rate else [])
+            time.sleep(0.3)
+            run.cpu_s = cpu_seconds(tool.pid) - cpu_before
+            run.peak_rss = peak_rss(tool.pid)
+            run.bpf_ns = program_stats(programs_of(tool.pid))
+            tool.send_signal(signal.SIGINT)
+            tool.wait(timeout=60)
+            errors = tool.stderr_text()
+        run.sessions, run.failures, run.rate = (result["sessions"], result["failures"],
+                                                result["rate"])
+        run.failed = result["failed"]
+        run.lost = sum(int(n) for n in re.findall(r"tcplife: (\d+) sessions", errors))
+        run.loss_reasons = re.findall(r"tcplife: \d+ sessions (.*)", errors)
         sink.seek(0)
         run.traced = sum(chunk.count(b"\n") for chunk in iter(lambda: sink.read(1 << 20), b""))
         run.traced -= 1  # the header
     return run
 
 
-def _measure_tcplife(args, tool: subprocess.Popen, rate: float) -> Run:
-    wait_for_line(tool.stderr, "Tracing TCP sessions")
-    run = Run("tcplife" if not rate else f"tcplife at {rate:.0f}/s")
-    cpu_before = cpu_seconds(tool.pid)
-    extra = ["-r", str(rate)] if rate else []
-    result = churn(args.seconds, args.workers, extra)
-    time.sleep(0.3)
-    run.cpu_s = cpu_seconds(tool.pid) - cpu_before
-    run.peak_rss = peak_rss(tool.pid)
-    run.bpf_ns = program_stats(programs_of(tool.pid))
-    tool.send_signal(signal.SIGINT)
-    errors = tool.stderr.read()
-    tool.wait(timeout=60)
-    run.sessions, run.failures, run.rate = result["sessions"], result["failures"], result["rate"]
-    run.lost = sum(int(n) for n in re.findall(r"tcplife: (\d+) sessions", errors))
-    run.loss_reasons = re.findall(r"tcplife: \d+ sessions (.*)", errors)
-    return run
-
-
 def scrape_cost(args, ports_per_worker: int) -> dict:
-    """Scrape time and body size with label sets made from many service ports."""
+    """Scrape time and body size with label sets made from many service ports, idle
+    and while the churn saturates the machine."""
     config = EXPORTER_CONFIG + "ports: {auto: true, auto_limit: 1000}\n"
+    ports = ["-p", str(ports_per_worker), "-b", "21000"]
     with exporter(config) as (_proc, url):
-        churn(2, 2, ["-p", str(ports_per_worker), "-b", "21000"])
+        churn(2, 2, ports)  # creates the label sets
         time.sleep(0.5)
-        times, body = [], b""
+        idle, body = [], b""
         for _ in range(args.scrapes):
             took, body = scrape(url)
-            times.append(took)
+            idle.append(took)
+        busy: list[float] = []
+        with scraping(url, 0.2, busy):
+            churn(max(args.scrapes * 0.2, 2), 2, ports)
     series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
-    return {"series": series, "bytes": len(body), "median_s": statistics.median(times),
-            "max_s": max(times)}
+    return {"series": series, "bytes": len(body), "idle_s": idle, "busy_s": busy}
 
 
 def build_churn() -> None:
@@ -251,8 +280,18 @@ def per_event_ns(run: Run) -> tuple[float, float]:
     return main[0] / main[1], (main[0] + nested[0]) / main[1]
 
 
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.3f} ({min(values):.3f} to {max(values):.3f})"
+def spread(values: list[float], scale: float = 1, digits: int = 3, unit: str = "") -> str:
+    if not values:
+        return "n/a"
+    low, mid, high = (f"{v * scale:.{digits}f}{unit}"
+                      for v in (min(values), statistics.median(values), max(values)))
+    return f"{mid} ({low} to {high})"
+
+
+def bpf_cpu_per_million(run: Run) -> float:
+    """Kernel CPU seconds in both programs per million churn sessions."""
+    total_ns = sum(ns for ns, _runs in run.bpf_ns.values())
+    return total_ns / 1e9 / max(run.sessions, 1) * 1e6
 
 
 def report(rounds: list[dict[str, Run]], costed: dict[str, Run], paced: Run,
@@ -272,31 +311,35 @@ def report(rounds: list[dict[str, Run]], costed: dict[str, Run], paced: Run,
 
     row("throughput vs. baseline, median (range)",
         lambda runs: spread([run.rate / r["baseline"].rate for run, r in zip(runs, rounds)]))
-    row("user-space CPU s per 1M sessions", lambda runs: spread(
-        [run.cpu_s / max(run.sessions, 1) * 1e6 for run in runs]))
+    row("user-space CPU s per 1M sessions (the tool's process)", lambda runs: spread(
+        [run.cpu_s / max(run.sessions, 1) * 1e6 for run in runs], digits=2))
     row("peak RSS (MB)", lambda runs: f"{max(r.peak_rss for r in runs) / 1e6:.1f}")
     out.append("| BPF ns per run of the main program (*) | "
                + " | ".join(f"{per_event_ns(costed[n])[0]:.0f}" for n in rows) + " |")
     out.append("| BPF ns per event, both programs (*) | "
                + " | ".join(f"{per_event_ns(costed[n])[1]:.0f}" for n in rows) + " |")
-    out.append("| throughput vs. baseline with bpf_stats on (*) | "
+    out.append("| kernel CPU s in the BPF programs per 1M sessions (*) | "
+               + " | ".join(f"{bpf_cpu_per_million(costed[n]):.2f}" for n in rows) + " |")
+    out.append("| throughput with bpf_stats on, vs. the median baseline (*) | "
                + " | ".join(f"{costed[n].rate / statistics.median(base):.3f}" for n in rows)
                + " |")
     row("sessions traced / expected (all rounds)", lambda runs: (
         f"{sum(r.traced for r in runs):,} / {sum(r.expected for r in runs):,}"))
     row("sessions lost (reported by the tool)", lambda runs: f"{sum(r.lost for r in runs):,}")
+    row("churn sessions that failed", lambda runs: f"{sum(r.failures for r in runs):,}")
     scrape_times = [t for r in rows["exporter"] for t in r.scrape_s]
-    out.append(f"| scrape time during churn, median (max) | "
-               f"{statistics.median(scrape_times) * 1e3:.1f} ms "
-               f"({max(scrape_times) * 1e3:.1f} ms) | |")
+    series = max((r.scrape_series for r in rows["exporter"]), default=0)
+    out.append(f"| scrape time during churn ({series:,} series), median (range) | "
+               f"{spread(scrape_times, 1e3, 1, ' ms')} | |")
     out += ["", f"tcplife at a fixed {paced.rate:,.0f} sessions/s for {args.seconds:g} s: "
             f"{paced.traced:,} lines for {paced.expected:,} traced sessions, "
             f"{paced.lost} reported lost"
             + (f" ({'; '.join(paced.loss_reasons)})." if paced.loss_reasons else "."), "",
-            "| series in a scrape | body | scrape time, median (max) |", "|---|---|---|"]
+            "| series in a scrape | body | scrape time idle, median (range) "
+            "| during a 2-worker churn |", "|---|---|---|---|"]
     for s in scrapes:
         out.append(f"| {s['series']:,} | {s['bytes'] / 1e3:,.0f} kB | "
-                   f"{s['median_s'] * 1e3:.1f} ms ({s['max_s'] * 1e3:.1f} ms) |")
+                   f"{spread(s['idle_s'], 1e3, 1, ' ms')} | {spread(s['busy_s'], 1e3, 1, ' ms')} |")
     out += ["", "(*) from one more run of each tool with kernel.bpf_stats_enabled=1 (run time / "
             "run count); the other rows are measured with it off, as it adds two clock reads "
             "to every program run."]
@@ -314,6 +357,8 @@ def main() -> int:
     if os.geteuid() != 0:
         raise SystemExit("bench: run as root (it loads BPF programs)")
     build_churn()
+    # SIGTERM ends the bench like Ctrl-C: tools stopped, sysctl restored.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     stats_before = STATS_SYSCTL.read_text()
     # Throughput without kernel.bpf_stats_enabled: its two clock reads per program
     # run are a cost of measuring, not of the tools. BPF run time: separate runs.
@@ -333,12 +378,12 @@ def main() -> int:
         costed = {"exporter": run_exporter(args), "tcplife": run_tcplife(args)}
     finally:
         STATS_SYSCTL.write_text(stats_before)
-    print(report(rounds, costed, paced, scrapes, args))
-    if args.json:
+    if args.json:  # first: the raw runs survive a problem in the report
         raw = {"rounds": [{k: v.__dict__ for k, v in r.items()} for r in rounds],
                "costed": {k: v.__dict__ for k, v in costed.items()},
                "paced": paced.__dict__, "scrapes": scrapes}
         Path(args.json).write_text(json.dumps(raw, indent=1))
+    print(report(rounds, costed, paced, scrapes, args))
     return 0
 
 
