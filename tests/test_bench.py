@@ -1,0 +1,41 @@
+"""The benchmark's parts keep working: the churn generator counts exactly, and a
+short `bench/run.py` completes with the exporter's count exact."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from .tracing import REPO
+
+
+def test_churn_counts_every_session_and_rejects_bad_arguments(tmp_path):
+    binary = tmp_path / "churn"
+    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-pthread", str(REPO / "bench/churn.c"),
+                    "-o", str(binary)], check=True)
+    for extra in ([], ["-6", "-C", "-s", "1000"]):
+        done = subprocess.run([str(binary), "-w", "2", "-d", "0.5", "-b", "23000", *extra],
+                              capture_output=True, text=True, check=True)
+        result = json.loads(done.stdout)
+        assert result["sessions"] > 100 and result["failures"] == 0
+    paced = json.loads(subprocess.run([str(binary), "-w", "1", "-d", "1", "-r", "50"],
+                                      capture_output=True, text=True, check=True).stdout)
+    assert 45 <= paced["sessions"] <= 51 and paced["seconds"] < 1.2
+    bad = subprocess.run([str(binary), "-r", "fast"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "is not a number" in bad.stderr
+
+
+def test_a_short_bench_run_completes_and_the_exporter_is_exact():
+    sysctl = Path("/proc/sys/kernel/bpf_stats_enabled")
+    stats = sysctl.read_text()
+    done = subprocess.run([sys.executable, "bench/run.py", "--rounds", "1", "--seconds", "1",
+                           "--scrapes", "2"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert sysctl.read_text() == stats
+    row = re.search(r"\| sessions traced / expected \(all rounds\) \| ([\d,]+) / ([\d,]+) \|",
+                    done.stdout)
+    assert row and row.group(1) == row.group(2), done.stdout
