@@ -9,6 +9,7 @@ hold up other scrapes.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import hmac
@@ -228,6 +229,10 @@ class MetricsServer(ThreadingHTTPServer):
         if tls is None:
             super().finish_request(request, client_address)
             return
+        if _plain_http(request):
+            with contextlib.suppress(OSError):
+                request.sendall(_PLAIN_HTTP_ANSWER)
+            return
         try:
             wrapped = tls.wrap_socket(request, server_side=True)
         except (ssl.SSLError, OSError) as err:
@@ -237,6 +242,20 @@ class MetricsServer(ThreadingHTTPServer):
             super().finish_request(wrapped, client_address)
         finally:
             wrapped.close()
+
+
+_PLAIN_HTTP_ANSWER = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\n"
+                      b"Connection: close\r\n\r\n"
+                      b"Client sent an HTTP request to an HTTPS server.\n")
+
+
+def _plain_http(request: socket.socket) -> bool:
+    """A TLS handshake starts with byte 0x16; an HTTP request with a letter."""
+    try:
+        first = request.recv(1, socket.MSG_PEEK)
+    except OSError:
+        return False
+    return first.isalpha()
 
 
 class _Handler(BaseHTTPRequestHandler):
