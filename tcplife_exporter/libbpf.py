@@ -241,9 +241,6 @@ class BpfObject:
             raise TcplifeError(f"map {map_name} is not loaded")
         return fd
 
-    def map_value_size(self, map_name: str) -> int:
-        return self._lib.bpf_map__value_size(self._map(map_name))
-
     def load(self) -> None:
         libbpf_log.clear()
         err = self._lib.bpf_object__load(self._ptr)
