@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import bcrypt
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .errors import TcplifeError
+from .exposition import exposition
 from .yamlfile import YamlReader, read_text
 
 log = logging.getLogger(__name__)
@@ -283,7 +284,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_metrics(self) -> None:
         try:
-            body = generate_latest(self.server.registry)
+            body = exposition(self.server.registry)
         except TcplifeError as err:
             log.error("scrape failed: %s", err)
             self._send(500, f"scrape failed: {err}\n".encode(), "text/plain; charset=utf-8")
