@@ -488,7 +488,8 @@ static __always_inline void fold(const struct session_record *r)
  * record in 100,000 at 20,000 records/s on a 2-vCPU VM with the reader
  * keeping up (since 6.15 the ring's lock is a resilient spinlock, which may
  * give up under contention). A second try succeeds; a full ring fails both.
- * Hash-map updates take such locks too, hence the retries below.
+ * Hash-map updates take such locks too, hence the second tries in
+ * session_born() and session_closed().
  */
 static __always_inline void emit(struct session_record *r)
 {

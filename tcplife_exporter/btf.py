@@ -140,6 +140,11 @@ class Btf:
         type_id = self._find(name, KIND_ENUM)
         return {self._name(v.name_off): v.val for v in self._items(type_id, _EnumValue)}
 
+    def enum_labels(self, name: str, prefix: str) -> dict[int, str]:
+        """Enumerator names by value, prefix dropped, lower case: DIRECTION_INBOUND -> inbound."""
+        return {value: enumerator.removeprefix(prefix).lower()
+                for enumerator, value in self.enum(name).items()}
+
     def section_variables(self, section: str) -> dict[str, Variable]:
         """The globals of a data section (after libbpf fixed their offsets at open)."""
         variables = {}

@@ -146,11 +146,8 @@ class FoldedReader:
         self._value = StructLayout(btf, "series")
         self._session = StructLayout(btf, "session")
         self._cpus = num_possible_cpus()
-        self._stride = -(-self._value.size // 8) * 8
-        self._directions = {
-            value: name.removeprefix("DIRECTION_").lower()
-            for name, value in btf.enum("direction").items()
-        }
+        self._stride = obj.map_sizes("series")[1] // self._cpus  # one CPU's padded value
+        self._directions = btf.enum_labels("direction", "DIRECTION_")
         self._summed = ("failed_handshakes", "duration_sum_ns", "sent_sum", "received_sum")
         self._histograms = ("duration", "sent", "received")
 

@@ -49,10 +49,7 @@ class RecordDecoder:
         flags = btf.enum("record_flag")
         self._birth_seen = flags["RECORD_BIRTH_SEEN"]
         self._established = flags["RECORD_ESTABLISHED"]
-        self._directions = {
-            value: name.removeprefix("DIRECTION_").lower()
-            for name, value in btf.enum("direction").items()
-        }
+        self._directions = btf.enum_labels("direction", "DIRECTION_")
 
     @property
     def size(self) -> int:

@@ -104,6 +104,7 @@ class SessionTracer:
         preflight.check_all()
         self._obj = BpfObject(bpf_object_path())
         self._ring: MappedRingBuffer | RingBuffer | None = None
+        self._folded: folding.FoldedReader | None = None
         try:
             self._setup(options, on_session)
         except BaseException:
@@ -114,11 +115,9 @@ class SessionTracer:
         btf = Btf(self._obj.btf_ptr)
         decoder = RecordDecoder(btf)
         self._counter_ids = {
-            name.removeprefix("COUNTER_").lower(): value
-            for name, value in btf.enum("counter").items()
-            if name != "COUNTER_MAX"
+            name: value for value, name in btf.enum_labels("counter", "COUNTER_").items()
+            if name != "max"
         }
-        self._btf = btf
         self._prog_info = StructLayout(btf, "bpf_prog_info")
         self._write_rodata(btf, rodata_values(options))
         self._obj.set_max_entries("sessions", options.max_sessions)
@@ -127,6 +126,8 @@ class SessionTracer:
         folding.size_maps(self._obj, options.fold)
         self._obj.load()
         folding.fill_maps(self._obj, btf, options.fold)
+        if options.fold is not None:
+            self._folded = folding.FoldedReader(self._obj, btf)
         self._obj.attach(PROGRAM)
         self._obj.attach(NESTED_PROGRAM)
         if options.emit_records and on_session is not None:
@@ -156,7 +157,10 @@ class SessionTracer:
         return self._ring.poll(timeout_ms)
 
     def folded(self) -> folding.FoldedReader:
-        return folding.FoldedReader(self._obj, self._btf)
+        """The reader of the folded maps; built once, used at every scrape."""
+        if self._folded is None:
+            raise TcplifeError("this tracer was started without folded metrics")
+        return self._folded
 
     def program_stats(self) -> dict[str, ProgramStats]:
         """Run statistics of both programs, by name."""
