@@ -61,12 +61,34 @@ const volatile struct series btf_series = {};
 const volatile struct network_key btf_network_key = {};
 const volatile struct bpf_prog_info btf_prog_info = {};	/* run time and count */
 
+/*
+ * Open sessions: a table with open addressing over two arrays indexed alike,
+ * the socket's address in session_keys and what is known of the session in
+ * session_values. Array lookups are inlined by the verifier; a hash map's
+ * update and delete take a bucket lock and a free list, which made up most
+ * of the program's cost. A socket's slot is one of the SESSION_PROBES slots
+ * from its hash on; a free slot (key 0) is claimed with a compare-and-swap,
+ * so two CPUs never take the same one. User space sizes both arrays (a power
+ * of two, twice the configured open sessions) and maps them to read them.
+ */
+#define SESSION_PROBES 16
+const volatile __u32 session_slot_mask = 0;	/* slots - 1 */
+
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);	/* user space sets the real size */
-	__type(key, __u64);		/* the socket's address */
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);		/* the socket's address, 0: free */
+} session_keys SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1);
+	__type(key, __u32);
 	__type(value, struct session);
-} sessions SEC(".maps");
+} session_values SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -133,6 +155,82 @@ static __always_inline void count(enum counter which)
 		__sync_fetch_and_add(value, 1);
 }
 
+/* Fibonacci hashing: the upper half of the product mixes every address bit. */
+static __always_inline __u32 slot_hash(__u64 key)
+{
+	return (key * 0x9E3779B97F4A7C15ULL) >> 32;
+}
+
+static __always_inline __u64 *key_at(__u32 index)
+{
+	return bpf_map_lookup_elem(&session_keys, &index);
+}
+
+static __always_inline struct session *session_at(int index)
+{
+	__u32 at = index;
+
+	return index < 0 ? NULL : bpf_map_lookup_elem(&session_values, &at);
+}
+
+/* The slot the socket's session is in, or -1. */
+static __always_inline int session_find(__u64 key)
+{
+	__u32 start = slot_hash(key), index;
+	__u64 *held;
+
+	for (int i = 0; i < SESSION_PROBES; i++) {
+		index = (start + i) & session_slot_mask;
+		held = key_at(index);
+		if (held && *held == key)
+			return index;
+	}
+	return -1;
+}
+
+/* The slot the socket already holds (*held set), else a free one claimed for it, else -1. */
+static __always_inline int session_claim(__u64 key, bool *held)
+{
+	__u32 start = slot_hash(key), index;
+	int found = session_find(key);
+	__u64 *slot;
+
+	*held = found >= 0;
+	if (*held)
+		return found;
+	for (int i = 0; i < SESSION_PROBES; i++) {
+		index = (start + i) & session_slot_mask;
+		slot = key_at(index);
+		if (slot && *slot == 0 && __sync_val_compare_and_swap(slot, 0, key) == 0)
+			return index;
+	}
+	return -1;
+}
+
+/* User space skips a slot whose birth_ns is 0: clear it before the key frees the slot. */
+static __always_inline void session_forget(int index)
+{
+	struct session *s = session_at(index);
+	__u64 *held;
+
+	if (!s)
+		return;
+	s->birth_ns = 0;
+	held = key_at(index);
+	if (held)
+		*held = 0;
+}
+
+/*
+ * The verifier allows arithmetic on numbers, not on pointers; a value read
+ * back from a map is a number. The program stores the socket's address in its
+ * per-CPU slot anyway (see last_event), so this costs one load.
+ */
+static __always_inline __u64 socket_key(const volatile __u64 *stored)
+{
+	return *stored;
+}
+
 /*
  * A socket locked by a user task changes state in that task (connect(),
  * close()); otherwise it runs in softirq or a timer, where "current" is
@@ -193,14 +291,14 @@ static __always_inline void copy_remote_address(const struct sock *sk, __u8 fami
 		__builtin_memcpy(dst, (const void *)&skc->skc_v6_daddr, 16);
 }
 
-static __always_inline int session_born(const struct sock *sk, __u8 direction)
+static __always_inline int session_born(const struct sock *sk, __u64 key, __u8 direction)
 {
-	struct session s;
-	__u64 key = (__u64)sk;
+	struct session s, *slot;
 	__u16 lport = sk->__sk_common.skc_num;
 	__u16 rport = bpf_ntohs(sk->__sk_common.skc_dport);
 	__u8 family;
-	long err;
+	bool held;
+	int index;
 
 	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
@@ -220,46 +318,48 @@ static __always_inline int session_born(const struct sock *sk, __u8 direction)
 		if (filter_tgid && s.pid != filter_tgid)
 			return 0;
 	}
-	err = bpf_map_update_elem(&sessions, &key, &s, BPF_NOEXIST);
-	if (err == -EEXIST) {
-		/*
-		 * A socket at this address was tracked and its close never seen:
-		 * count it, so that such a loss cannot go unnoticed.
-		 */
-		count(COUNTER_CLOSE_UNSEEN);
-		err = bpf_map_update_elem(&sessions, &key, &s, BPF_ANY);
-	}
-	if (err)	/* a second try, as for the ring buffer (see emit()) */
-		err = bpf_map_update_elem(&sessions, &key, &s, BPF_ANY);
-	if (err)
+	index = session_claim(key, &held);
+	slot = session_at(index);
+	if (!slot) {
 		count(COUNTER_SESSION_MAP_FULL);
+		return 0;
+	}
+	/*
+	 * A socket at this address was tracked and its close never seen:
+	 * count it, so that such a loss cannot go unnoticed.
+	 */
+	if (held)
+		count(COUNTER_CLOSE_UNSEEN);
+	*slot = s;
 	return 0;
 }
 
 /* close() or shutdown() sending our FIN: the owner is running. */
-static __always_inline int owner_seen(const struct sock *sk)
+static __always_inline int owner_seen(const struct sock *sk, __u64 key)
 {
-	struct session *s, fresh;
-	__u64 key = (__u64)sk;
-	long err;
+	struct session *s;
+	int index;
+	bool held;
 
 	if (!need_owner || !in_owner_context(sk) || sk->sk_protocol != IPPROTO_TCP)
 		return 0;
-	s = bpf_map_lookup_elem(&sessions, &key);
-	if (s) {
-		if (!s->pid)
-			remember_owner(s);
-		/* An accepted session's owner is known only now: apply -p / filters.pid. */
-		if (filter_tgid && s->pid != filter_tgid)
-			bpf_map_delete_elem(&sessions, &key);
+	index = session_claim(key, &held);
+	s = session_at(index);
+	if (!s) {
+		count(COUNTER_SESSION_MAP_FULL);
 		return 0;
 	}
-	/* Opened before the tracer: keep at least who closed it. */
-	__builtin_memset(&fresh, 0, sizeof(fresh));
-	remember_owner(&fresh);
-	err = bpf_map_update_elem(&sessions, &key, &fresh, BPF_NOEXIST);
-	if (err && err != -EEXIST)	/* EEXIST: another CPU was first, nothing lost */
-		count(COUNTER_SESSION_MAP_FULL);
+	if (!held) {
+		/* Opened before the tracer: keep at least who closed it. */
+		__builtin_memset(s, 0, sizeof(*s));
+		remember_owner(s);
+		return 0;
+	}
+	if (!s->pid)
+		remember_owner(s);
+	/* An accepted session's owner is known only now: apply -p / filters.pid. */
+	if (filter_tgid && s->pid != filter_tgid)
+		session_forget(index);
 	return 0;
 }
 
@@ -269,12 +369,10 @@ static __always_inline int owner_seen(const struct sock *sk)
  * known (it would be dropped at the close anyway, but meanwhile it takes a
  * table slot and counts as open).
  */
-static __always_inline int local_port_chosen(const struct sock *sk)
+static __always_inline int local_port_chosen(const struct sock *sk, __u64 key)
 {
-	__u64 key = (__u64)sk;
-
 	if (!port_in(lport_bitmap, sk->__sk_common.skc_num))
-		bpf_map_delete_elem(&sessions, &key);
+		session_forget(session_find(key));
 	return 0;
 }
 
@@ -488,8 +586,6 @@ static __always_inline void fold(const struct session_record *r)
  * record in 100,000 at 20,000 records/s on a 2-vCPU VM with the reader
  * keeping up (since 6.15 the ring's lock is a resilient spinlock, which may
  * give up under contention). A second try succeeds; a full ring fails both.
- * Hash-map updates take such locks too, hence the second tries in
- * session_born() and session_closed().
  */
 static __always_inline void emit(struct session_record *r)
 {
@@ -499,17 +595,18 @@ static __always_inline void emit(struct session_record *r)
 		count(COUNTER_RINGBUF_DROPS);
 }
 
-static __always_inline int session_closed(const struct sock *sk, int oldstate)
+static __always_inline int session_closed(const struct sock *sk, __u64 key, int oldstate)
 {
 	struct session_record r;
 	const struct tcp_sock *tp;
 	struct session *s;
-	__u64 key = (__u64)sk;
+	int index;
 	__u32 pid;
 
 	if (oldstate == TCP_LISTEN || sk->sk_protocol != IPPROTO_TCP)
 		return 0;	/* a listener closing is not a session */
-	s = bpf_map_lookup_elem(&sessions, &key);
+	index = session_find(key);
+	s = session_at(index);
 	tp = bpf_skc_to_tcp_sock((void *)sk);
 	if (!tp)
 		goto forget;
@@ -535,25 +632,26 @@ static __always_inline int session_closed(const struct sock *sk, int oldstate)
 	if (emit_records)
 		emit(&r);
 forget:
-	if (s && bpf_map_delete_elem(&sessions, &key))
-		bpf_map_delete_elem(&sessions, &key);	/* a second try: see emit() */
+	session_forget(index);
 	return 0;
 }
 
-static __always_inline int state_changed(const struct sock *sk, int oldstate, int newstate)
+/* key: the socket's address as a number, see socket_key() */
+static __always_inline int state_changed(const struct sock *sk, __u64 key, int oldstate,
+					 int newstate)
 {
 	switch (newstate) {
 	case TCP_CLOSE:
-		return session_closed(sk, oldstate);
+		return session_closed(sk, key, oldstate);
 	case TCP_SYN_SENT:
-		return oldstate == TCP_CLOSE ? session_born(sk, DIRECTION_OUTBOUND) : 0;
+		return oldstate == TCP_CLOSE ? session_born(sk, key, DIRECTION_OUTBOUND) : 0;
 	case TCP_SYN_RECV:
-		return oldstate == TCP_LISTEN ? session_born(sk, DIRECTION_INBOUND) : 0;
+		return oldstate == TCP_LISTEN ? session_born(sk, key, DIRECTION_INBOUND) : 0;
 	case TCP_FIN_WAIT1:
 	case TCP_LAST_ACK:
-		return owner_seen(sk);
+		return owner_seen(sk, key);
 	case TCP_ESTABLISHED:
-		return filter_lports && oldstate == TCP_SYN_SENT ? local_port_chosen(sk) : 0;
+		return filter_lports && oldstate == TCP_SYN_SENT ? local_port_chosen(sk, key) : 0;
 	}
 	return 0;
 }
@@ -562,6 +660,7 @@ static __always_inline int state_changed(const struct sock *sk, int oldstate, in
 struct event {
 	__u64 sk;
 	__u64 newstate;
+	__u64 nested_sk;	/* the nested program's socket, stored for socket_key() */
 };
 
 struct {
@@ -589,12 +688,12 @@ int BPF_PROG(inet_sock_set_state, const struct sock *sk, int oldstate, int newst
 {
 	struct event *last = last_event_slot();
 
+	if (!last)
+		return 0;
 	/* Every event, so that the slot is never older than the last run here. */
-	if (last) {
-		last->sk = (__u64)sk;
-		last->newstate = newstate;
-	}
-	return state_changed(sk, oldstate, newstate);
+	last->sk = (__u64)sk;
+	last->newstate = newstate;
+	return state_changed(sk, socket_key(&last->sk), oldstate, newstate);
 }
 
 /*
@@ -623,7 +722,8 @@ int BPF_PROG(inet_sock_set_state_nested, const struct sock *sk, int oldstate, in
 		return 0;
 	}
 	count(COUNTER_NESTED_EVENTS);
-	return state_changed(sk, oldstate, newstate);
+	last->nested_sk = (__u64)sk;
+	return state_changed(sk, socket_key(&last->nested_sk), oldstate, newstate);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -17,6 +17,7 @@ from .btf import Btf
 from .errors import TcplifeError
 from .layout import StructLayout
 from .libbpf import BpfObject, num_possible_cpus
+from .session_table import SessionTable
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 DIRECTIONS = ("inbound", "outbound")
@@ -140,11 +141,11 @@ class OpenSession:
 class FoldedReader:
     """Reads the kernel's folded series and open sessions at scrape time."""
 
-    def __init__(self, obj: BpfObject, btf: Btf) -> None:
+    def __init__(self, obj: BpfObject, btf: Btf, max_sessions: int) -> None:
         self._obj = obj
         self._key = StructLayout(btf, "series_key")
         self._value = StructLayout(btf, "series")
-        self._session = StructLayout(btf, "session")
+        self._sessions = SessionTable(obj, btf, max_sessions)
         self._cpus = num_possible_cpus()
         self._stride = obj.map_sizes("series")[1] // self._cpus  # one CPU's padded value
         self._directions = btf.enum_labels("direction", "DIRECTION_")
@@ -174,8 +175,7 @@ class FoldedReader:
     def open_sessions(self) -> list[OpenSession]:
         """Sessions born since load and not closed yet."""
         found = []
-        for _key, raw in self._obj.read_all("sessions"):
-            session = self._session.unpack(raw)
+        for session in self._sessions.sessions():
             if not session["birth_ns"]:
                 continue  # opened before load, seen only while closing
             family = session["family"]
@@ -193,3 +193,6 @@ class FoldedReader:
 
     def _direction(self, value: int) -> str:
         return self._directions.get(value, "unknown")
+
+    def close(self) -> None:
+        self._sessions.close()

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 
-from . import folding, preflight, ringbuf
+from . import folding, preflight, ringbuf, session_table
 from .btf import Btf
 from .errors import TcplifeError
 from .layout import StructLayout
@@ -76,6 +76,7 @@ def rodata_values(options: TracerOptions) -> dict[str, int | bytes]:
         "lport_bitmap": port_bitmap(flt.local_ports),
         "rport_bitmap": port_bitmap(flt.remote_ports),
         "ringbuf_wakeup_bytes": options.wakeup_bytes,
+        "session_slot_mask": session_table.slots_for(options.max_sessions) - 1,
     }
     fold = options.fold
     if fold is not None:
@@ -120,14 +121,14 @@ class SessionTracer:
         }
         self._prog_info = StructLayout(btf, "bpf_prog_info")
         self._write_rodata(btf, rodata_values(options))
-        self._obj.set_max_entries("sessions", options.max_sessions)
+        session_table.size(self._obj, options.max_sessions)
         ring_bytes = options.ringbuf_bytes if options.emit_records else folding.RINGBUF_MIN_BYTES
         self._obj.set_max_entries("records", ring_bytes)
         folding.size_maps(self._obj, options.fold)
         self._obj.load()
         folding.fill_maps(self._obj, btf, options.fold)
         if options.fold is not None:
-            self._folded = folding.FoldedReader(self._obj, btf)
+            self._folded = folding.FoldedReader(self._obj, btf, options.max_sessions)
         self._obj.attach(PROGRAM)
         self._obj.attach(NESTED_PROGRAM)
         if options.emit_records and on_session is not None:
@@ -185,6 +186,9 @@ class SessionTracer:
         if self._ring is not None:
             self._ring.close()
             self._ring = None
+        if self._folded is not None:
+            self._folded.close()
+            self._folded = None
         self._obj.close()
 
     def __enter__(self) -> SessionTracer:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tcplife_exporter.folding import ephemeral_port_range
+from tcplife_exporter.session_table import slots_for
 
 from .exporting import ExporterProcess, select, total, value
 from .traffic import Load, free_port, refused_connects, run_load
@@ -291,9 +292,9 @@ def test_no_records_are_emitted_when_nothing_consumes_them(tmp_path, ports):
 
 
 def test_a_full_session_table_is_counted_and_adds_up(tmp_path, ports):
-    """With room for 2 open sessions, 3 connections (6 sessions) open at once:
-    inserts fail for 4 of them (again at close() when the table is still full),
-    and every session is either folded or counted as unseen."""
+    """With room for 2 open sessions (a table of 4 slots), 3 connections (6
+    sessions) open at once: inserts fail for 2 of them, and every session is
+    either folded or counted as unseen."""
     port = ports[0]
     config = "limits: {max_open_sessions: 2}\n" + IPV6_ONLY
     with ExporterProcess(config, workdir=tmp_path) as exporter:
@@ -306,9 +307,9 @@ def test_a_full_session_table_is_counted_and_adds_up(tmp_path, ports):
         unseen = "tcplife_exporter_sessions_birth_unseen_total"
         samples = exporter.wait_until(
             lambda s: total(s, f"{DURATION}_count") + value(s, unseen) == 6)
-    assert value(samples, "tcplife_exporter_map_insert_failures_total", map="sessions") >= 4
-    assert total(samples, f"{DURATION}_count") == 2
-    assert value(samples, unseen) == 4
+    assert value(samples, "tcplife_exporter_map_insert_failures_total", map="sessions") == 2
+    assert total(samples, f"{DURATION}_count") == 4
+    assert value(samples, unseen) == 2
 
 
 def test_open_sessions_on_a_port_not_yet_labelled(tmp_path, ports):
@@ -385,3 +386,34 @@ def test_local_port_filter_drops_outbound_sessions_once_their_port_is_known(tmp_
                  family="ipv6") == 1
     assert total(samples, f"{DURATION}_count", direction="outbound") == 0
     assert value(samples, "tcplife_exporter_sessions_birth_unseen_total") == 0
+
+
+def test_the_session_table_holds_half_its_size_and_frees_its_slots(tmp_path, ports):
+    """Room for 64 sessions: 32 open at once (16 connections, both ends) are all
+    tracked, twice in a row, so closed sessions give their slots back."""
+    port = ports[0]
+    config = "limits: {max_open_sessions: 64}\n" + IPV6_ONLY
+    with ExporterProcess(config, workdir=tmp_path) as exporter:
+        listener = socket.create_server((V6, port), family=socket.AF_INET6, backlog=32)
+        for round_ in (1, 2):
+            clients = [socket.create_connection((V6, port)) for _ in range(16)]
+            servers = [listener.accept()[0] for _ in clients]
+            samples = exporter.wait_until(
+                lambda s: total(s, "tcplife_sessions_open") == 32)
+            assert total(samples, "tcplife_sessions_open") == 32
+            for sock in clients + servers:
+                sock.close()
+            samples = exporter.wait_until(
+                lambda s, n=32 * round_: total(s, f"{DURATION}_count") == n)
+            assert total(samples, f"{DURATION}_count") == 32 * round_
+            assert total(samples, "tcplife_sessions_open") == 0
+        listener.close()
+    assert value(samples, "tcplife_exporter_map_insert_failures_total", map="sessions") == 0
+    assert value(samples, "tcplife_exporter_sessions_birth_unseen_total") == 0
+
+
+def test_session_table_slots_are_a_power_of_two_at_least_twice_the_sessions():
+    for sessions in (1, 2, 3, 64, 65, 65536, 1_048_576):
+        slots = slots_for(sessions)
+        assert slots >= 2 * sessions and slots & (slots - 1) == 0
+        assert slots < 4 * sessions
