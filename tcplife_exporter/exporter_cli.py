@@ -50,7 +50,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, apart from parsing: deploy tests check manifests against it."""
     parser = _Parser(
         prog="tcplife-exporter",
         description="Export lifespans, bytes and counts of closed TCP sessions to Prometheus. "
@@ -69,7 +70,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--log.level", dest="log_level", choices=list(LOG_LEVELS),
                         default="info", help="default info")
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 class _LogfmtFormatter(logging.Formatter):
