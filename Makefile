@@ -4,6 +4,9 @@
 #   make tcplife  the same, but prints sessions live (the tcplife command)
 #   make test     installs what is missing, builds, and runs the whole test suite
 #   make bench    the same setup, then the cost-and-exactness benchmark (bench/)
+#   make install  the systemd service: /opt/tcplife-exporter, /etc/tcplife-exporter,
+#                 the unit (deploy/install.sh; INSTALL_ARGS for other directories)
+#   make uninstall  removes it again, keeping the config
 PYTHON ?= python3
 VENV ?= .venv
 BPF_OBJ := tcplife_exporter/bpf/tcplife.bpf.o
@@ -11,11 +14,12 @@ BPF_SRC := bpf/tcplife.bpf.c bpf/tcplife.h bpf/kernel.h
 MULTIARCH := $(shell gcc -dumpmachine 2>/dev/null || echo $$(uname -m)-linux-gnu)
 # Build: clang llvm libbpf-dev gcc make. Run: libbpf1, python3-venv/pip.
 # Tests: iproute2 (netns), bpftool (attached programs), openssl (TLS
-# certificates), prometheus (a real server scraping the exporter).
+# certificates), prometheus (a real server scraping the exporter, promtool),
+# systemd (systemd-analyze) and python3-seccomp (the unit's sandbox, emulated).
 APT_PACKAGES := clang llvm libbpf-dev libbpf1 gcc make python3-venv python3-pip iproute2 \
-	bpftool openssl prometheus
+	bpftool openssl prometheus systemd python3-seccomp
 
-.PHONY: run tcplife test bench bpf deps venv lint clean
+.PHONY: run tcplife test bench bpf deps venv lint clean install uninstall
 
 run: venv
 	$(VENV)/bin/tcplife-exporter --config.file config.example.yaml
@@ -47,6 +51,12 @@ deps:
 venv: deps $(BPF_OBJ)
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -e '.[test]'
+
+install: deps
+	sh deploy/install.sh $(INSTALL_ARGS)
+
+uninstall:
+	sh deploy/install.sh --uninstall $(INSTALL_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check tcplife_exporter tests bench setup.py
