@@ -62,4 +62,4 @@ lint: venv
 	$(VENV)/bin/ruff check tcplife_exporter tests bench setup.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info $(BPF_OBJ) bench/churn
+	rm -rf $(VENV) build dist *.egg-info $(BPF_OBJ) bench/churn bench/noop.bpf.o

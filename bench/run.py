@@ -1,7 +1,8 @@
 """Benchmark: what tcplife-exporter and tcplife cost under connection churn, and
 whether they lose sessions.
 
-Runs, in rounds and in rotating order: the churn alone; the churn with
+Runs, in rounds and in rotating order: the churn alone; the churn with two
+do-nothing BPF programs on the tracepoint (the floor); the churn with
 tcplife-exporter attached and scraped every second; the churn with tcplife
 printing every session. Then tcplife at a fixed 10k sessions/s, and scrape
 time and size at about 1k and 10k series. Prints a Markdown table.
@@ -33,6 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 CHURN = BENCH / "churn"
+NOOP_OBJECT = BENCH / "noop.bpf.o"
 EXPORTER = [sys.executable, "-m", "tcplife_exporter.exporter_cli"]
 TCPLIFE = [sys.executable, "-m", "tcplife_exporter.tcplife_cli"]
 STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
@@ -245,6 +247,15 @@ def run_tcplife(args, rate: float = 0) -> Run:
     return run
 
 
+def run_floor(args) -> Run:
+    """The churn with two do-nothing programs on the tracepoint: the cost of being there."""
+    with tool_process([sys.executable, str(BENCH / "attach_noop.py"), str(NOOP_OBJECT)]) as tool:
+        wait_until(lambda: "attached" in tool.stderr_text(), tool, "the do-nothing programs")
+        result = churn(args.seconds, args.workers)
+    return Run("floor", result["sessions"], result["failures"], result["rate"],
+               failed=result["failed"])
+
+
 def scrape_cost(args, ports_per_worker: int) -> dict:
     """Scrape time and body size with label sets made from many service ports, idle
     and while the churn saturates the machine."""
@@ -269,6 +280,13 @@ def build_churn() -> None:
     if not CHURN.exists() or CHURN.stat().st_mtime < source.stat().st_mtime:
         subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-pthread", str(source), "-o",
                         str(CHURN)], check=True)
+    source = BENCH / "noop.bpf.c"
+    if not NOOP_OBJECT.exists() or NOOP_OBJECT.stat().st_mtime < source.stat().st_mtime:
+        multiarch = subprocess.run(["gcc", "-dumpmachine"], capture_output=True, text=True,
+                                   check=True).stdout.strip()
+        subprocess.run(["clang", "-O2", "-Wall", "-Werror", "-target", "bpf",
+                        f"-I/usr/include/{multiarch}", "-c", str(source), "-o",
+                        str(NOOP_OBJECT)], check=True)
 
 
 def per_event_ns(run: Run) -> tuple[float, float]:
@@ -303,6 +321,9 @@ def report(rounds: list[dict[str, Run]], costed: dict[str, Run], paced: Run,
     out.append(f"Baseline churn: median {statistics.median(base):,.0f} sessions/s "
                f"(range {min(base):,.0f} to {max(base):,.0f}); "
                "each session is traced at both ends.")
+    floor = [r["floor"].rate / r["baseline"].rate for r in rounds]
+    out.append(f"Two do-nothing programs on the same tracepoint (the floor for any tool "
+               f"attached there as the exporter is): {spread(floor)} of baseline.")
     out += ["", "| | exporter (scraped every 1 s) | tcplife > file in RAM |", "|---|---|---|"]
     rows = {name: [r[name] for r in rounds] for name in ("exporter", "tcplife")}
 
@@ -364,10 +385,12 @@ def main() -> int:
     # run are a cost of measuring, not of the tools. BPF run time: separate runs.
     STATS_SYSCTL.write_text("0")
     try:
-        runners = {"baseline": run_baseline, "exporter": run_exporter, "tcplife": run_tcplife}
+        runners = {"baseline": run_baseline, "floor": run_floor, "exporter": run_exporter,
+                   "tcplife": run_tcplife}
         rounds = []
         for number in range(args.rounds):
-            order = list(runners)[number % 3:] + list(runners)[: number % 3]
+            shift = number % len(runners)
+            order = list(runners)[shift:] + list(runners)[:shift]
             rounds.append({name: runners[name](args) for name in order})
             print(f"round {number + 1}: " + ", ".join(
                 f"{name} {run.rate:,.0f}/s" for name, run in rounds[-1].items()),
