@@ -34,7 +34,7 @@ def check_kernel_btf(path: str = KERNEL_BTF) -> None:
     if not os.path.exists(path):
         raise TcplifeError(
             f"this kernel exposes no BTF ({path} is missing): "
-            "tcplife needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (Linux 5.5 or newer)"
+            "tracing needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (Linux 5.5 or newer)"
         )
 
 

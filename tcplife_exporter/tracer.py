@@ -31,7 +31,7 @@ def bpf_object_path() -> str:
     path = resources.files(__package__) / "bpf" / "tcplife.bpf.o"
     if not path.is_file():
         raise TcplifeError(
-            f"the compiled BPF program {path} is missing: build it with 'make build' "
+            f"the compiled BPF program {path} is missing: build it with 'make bpf' "
             "(needs clang and libbpf-dev) or reinstall the package"
         )
     return str(path)

@@ -262,6 +262,8 @@ def _plain_http(request: socket.socket) -> bool:
 class _Handler(BaseHTTPRequestHandler):
     server: MetricsServer
     protocol_version = "HTTP/1.1"
+    # A request line too broken to carry a version still gets a status line back.
+    default_request_version = "HTTP/1.0"
     server_version = "tcplife-exporter"
 
     def do_GET(self) -> None:
@@ -281,6 +283,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_HEAD(self) -> None:
         self.do_GET()
+
+    def _method_not_allowed(self) -> None:
+        self.close_connection = True  # a body it carried is left unread
+        self._send(405, b"Method Not Allowed\n", "text/plain; charset=utf-8",
+                   {"Allow": "GET, HEAD", "Connection": "close"})
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _method_not_allowed
 
     def _send_metrics(self) -> None:
         try:

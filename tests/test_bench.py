@@ -10,12 +10,11 @@ import sys
 from pathlib import Path
 
 from .tracing import REPO
+from .traffic import build_churn
 
 
 def test_churn_counts_every_session_and_rejects_bad_arguments(tmp_path):
-    binary = tmp_path / "churn"
-    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-pthread", str(REPO / "bench/churn.c"),
-                    "-o", str(binary)], check=True)
+    binary = build_churn(tmp_path)
     for extra in ([], ["-6", "-C", "-s", "1000"]):
         done = subprocess.run([str(binary), "-w", "2", "-d", "0.5", "-b", "23000", *extra],
                               capture_output=True, text=True, check=True)

@@ -16,15 +16,20 @@ import time
 
 import pytest
 
+from .exporting import EXPORTER
 from .peers import Plan, run_session
 from .tracing import REPO, TCPLIFE, TcplifeProcess
 
 HEADER = "PID   COMM       LADDR           LPORT RADDR           RPORT TX_KB RX_KB MS"
 
 
-def run_tcplife(args: list[str], prefix: list[str] = (), timeout: float = 30):
-    return subprocess.run([*prefix, *TCPLIFE, *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+def run_tool(command: tuple[str, ...], prefix: list[str] = ()) -> subprocess.CompletedProcess:
+    return subprocess.run([*prefix, *command], cwd=REPO, capture_output=True, text=True,
+                          timeout=30)
+
+
+def run_tcplife(args: list[str]) -> subprocess.CompletedProcess:
+    return run_tool((*TCPLIFE, *args))
 
 
 def one_session(proc: TcplifeProcess, **plan) -> tuple[object, list[str]]:
@@ -152,12 +157,21 @@ def as_nobody(caps: str = "") -> list[str]:
             f"--inh-caps={caps}", f"--ambient-caps={caps}", f"--bounding-set=-all,{caps}"]
 
 
-def test_unprivileged_user_gets_a_clear_message(readable_copy):
-    done = subprocess.run([*as_nobody(), *TCPLIFE], cwd=readable_copy, capture_output=True,
+# Both commands start through the same checks: each must say what is missing.
+TOOLS = [
+    pytest.param(TCPLIFE, "tcplife", id="tcplife"),
+    pytest.param((*EXPORTER, "--web.listen-address", "127.0.0.1:19613"), "tcplife-exporter",
+                 id="exporter"),
+]
+
+
+@pytest.mark.parametrize(("command", "name"), TOOLS)
+def test_unprivileged_user_gets_a_clear_message(readable_copy, command, name):
+    done = subprocess.run([*as_nobody(), *command], cwd=readable_copy, capture_output=True,
                           text=True, timeout=30)
     assert done.returncode == 1
     assert done.stderr.strip() == (
-        "tcplife: tracing TCP sessions needs root, or CAP_BPF and CAP_PERFMON; "
+        f"{name}: tracing TCP sessions needs root, or CAP_BPF and CAP_PERFMON; "
         "this process lacks CAP_BPF and CAP_PERFMON")
 
 
@@ -169,25 +183,27 @@ def test_bpf_and_perfmon_capabilities_are_enough(readable_copy):
 
 
 def in_mount_namespace(setup: str) -> list[str]:
-    """Run tcplife in a private mount namespace after `setup` (a shell command)."""
+    """Run a command in a private mount namespace after `setup` (a shell command)."""
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
             f'{setup} && exec "$@"', "sh"]
 
 
-def test_kernel_without_btf():
-    done = run_tcplife([], prefix=in_mount_namespace("mount -t tmpfs none /sys/kernel/btf"))
+@pytest.mark.parametrize(("command", "name"), TOOLS)
+def test_kernel_without_btf(command, name):
+    done = run_tool(command, in_mount_namespace("mount -t tmpfs none /sys/kernel/btf"))
     assert done.returncode == 1
     assert done.stderr.strip() == (
-        "tcplife: this kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing): tcplife "
+        f"{name}: this kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing): tracing "
         "needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (Linux 5.5 or newer)")
 
 
-def test_libbpf_missing():
+@pytest.mark.parametrize(("command", "name"), TOOLS)
+def test_libbpf_missing(command, name):
     hide = ("for lib in $(ldconfig -p | awk '/libbpf.so.1 /{print $NF}'); do "
             "mount --bind /dev/null $(readlink -f $lib); done")
-    done = run_tcplife([], prefix=in_mount_namespace(hide))
+    done = run_tool(command, in_mount_namespace(hide))
     assert done.returncode == 1
-    assert done.stderr.strip().startswith("tcplife: libbpf.so.1 was not found: install")
+    assert done.stderr.strip().startswith(f"{name}: libbpf.so.1 was not found: install")
 
 
 def test_hostile_process_names_stay_on_one_line():

@@ -10,9 +10,11 @@ from __future__ import annotations
 import ctypes
 import random
 import socket
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from tcplife_exporter.folding import ephemeral_port_range
 
@@ -121,3 +123,12 @@ def refused_connects(port: int, count: int, addr: str = "127.0.0.1") -> None:
             except ConnectionRefusedError:
                 continue
         raise AssertionError(f"something listens on {addr}:{port}")
+
+
+def build_churn(directory: Path) -> Path:
+    """bench/churn.c compiled into ``directory``: C-speed connection churn."""
+    binary = directory / "churn"
+    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-pthread",
+                    str(Path(__file__).resolve().parent.parent / "bench" / "churn.c"),
+                    "-o", str(binary)], check=True)
+    return binary

@@ -1,0 +1,97 @@
+"""Faults the tools must survive while telling the truth: a consumer too slow for
+the ring buffer, many scrapes at once, clients that stall or send garbage."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from .exporting import ExporterProcess, parse_samples
+from .tracing import TcplifeProcess
+from .traffic import build_churn
+
+
+def test_a_stalled_tcplife_reports_exactly_what_the_full_ring_dropped(tmp_path):
+    """tcplife stopped (SIGSTOP) while an IPv6 churn closes far more sessions than the
+    4 MB ring holds: printed + reported dropped = traced, once it runs again."""
+    churn = build_churn(tmp_path)
+    with TcplifeProcess(["-6", "--json"]) as tcplife:
+        tcplife.proc.send_signal(signal.SIGSTOP)
+        try:
+            done = subprocess.run([str(churn), "-6", "-w", "2", "-d", "2", "-b", "24000"],
+                                  capture_output=True, text=True, check=True)
+        finally:
+            tcplife.proc.send_signal(signal.SIGCONT)
+        result = json.loads(done.stdout)
+        expected = 2 * result["sessions"]
+        time.sleep(1)  # it drains what the ring kept
+        assert tcplife.stop(signal.SIGINT) == 0
+    printed = len(tcplife.lines)
+    dropped = re.search(r"tcplife: (\d+) sessions not printed because the ring buffer was full",
+                        tcplife.stderr)
+    assert result["failures"] == 0
+    assert dropped, tcplife.stderr  # the ring did fill: 2 s of churn is ~150,000 records
+    assert printed + int(dropped.group(1)) == expected, (printed, dropped.group(0), expected)
+
+
+def scrape(port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+        parse_samples(response.read().decode())  # a whole, parseable body
+        return response.status
+
+
+def test_fifty_concurrent_scrapes_while_twenty_clients_say_nothing(tmp_path):
+    with ExporterProcess(workdir=tmp_path) as exporter:
+        silent = [socket.create_connection(("127.0.0.1", exporter.port)) for _ in range(20)]
+        statuses: list[int] = []
+        threads = [threading.Thread(target=lambda: statuses.append(scrape(exporter.port)))
+                   for _ in range(50)]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+        finally:
+            for sock in silent:
+                sock.close()
+    assert statuses == [200] * 50
+
+
+MALFORMED = [
+    pytest.param(b"GARBAGE\r\n\r\n", 400, id="no-method-and-path"),
+    pytest.param(b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 70000 + b"\r\n\r\n", 431,
+                 id="header-too-long"),
+    pytest.param(b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", 414, id="path-too-long"),
+    pytest.param(b"GET /metrics HTTP/1.1\r\n" + b"X: y\r\n" * 200 + b"\r\n", 431,
+                 id="too-many-headers"),
+    pytest.param(b"GET / HTTP/1.1 extra\r\n\r\n", 400, id="four-words"),
+    pytest.param(b"POST /metrics HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", 405, id="post"),
+    pytest.param(b"DELETE /metrics HTTP/1.1\r\n\r\n", 405, id="delete"),
+    pytest.param(b"GET /../../etc/passwd HTTP/1.1\r\n\r\n", 404, id="traversal"),
+    pytest.param(b"GET /metrics\x00 HTTP/1.1\r\n\r\n", 404, id="nul-in-path"),
+]
+
+
+@pytest.fixture(scope="module")
+def exporter(tmp_path_factory):
+    with ExporterProcess(workdir=tmp_path_factory.mktemp("malformed")) as running:
+        yield running
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), MALFORMED)
+def test_malformed_requests_get_a_4xx_and_the_server_keeps_serving(exporter, request_bytes,
+                                                                   status):
+    with socket.create_connection(("127.0.0.1", exporter.port), timeout=10) as sock:
+        sock.sendall(request_bytes)
+        status_line = sock.makefile("rb").readline()
+    assert re.match(rb"HTTP/1\.[01] (\d+) ", status_line).group(1) == str(status).encode()
+    assert scrape(exporter.port) == 200
+    assert exporter.proc.poll() is None and "Traceback" not in exporter.stderr

@@ -1,0 +1,78 @@
+"""Whatever bytes arrive as a session record, decoding gives a Session or the
+project's own error, and every output format renders the Session as one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from tcplife_exporter.btf import Btf
+from tcplife_exporter.errors import TcplifeError
+from tcplife_exporter.formats import Formatter, OutputStyle
+from tcplife_exporter.layout import StructLayout
+from tcplife_exporter.libbpf import BpfObject
+from tcplife_exporter.records import RecordDecoder
+from tcplife_exporter.tracer import bpf_object_path
+
+STYLES = [OutputStyle(), OutputStyle(wide=True), OutputStyle(csv=True, timestamp=True),
+          OutputStyle(clock_time=True), OutputStyle(json=True)]
+
+
+@pytest.fixture(scope="module")
+def btf():
+    obj = BpfObject(bpf_object_path())  # opened, not loaded: its BTF is all we need
+    yield Btf(obj.btf_ptr)
+    obj.close()
+
+
+def renders_or_refuses(decoder: RecordDecoder, data: bytes) -> None:
+    try:
+        session = decoder.decode(data)
+    except TcplifeError as err:
+        assert "\n" not in str(err)
+        return
+    for style in STYLES:
+        line = Formatter(style).line(session)
+        assert "\n" not in line and "\r" not in line, line
+    json.loads(Formatter(OutputStyle(json=True)).line(session))
+
+
+def test_arbitrary_bytes(btf):
+    decoder = RecordDecoder(btf)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=2 * decoder.size))
+    def check(data: bytes) -> None:
+        renders_or_refuses(decoder, data)
+
+    check()
+
+
+def test_records_with_any_field_values(btf):
+    """Every field at any value its type holds: comm with newlines or invalid UTF-8,
+    unknown families, directions and flags, counters at their limits."""
+    decoder = RecordDecoder(btf)
+    layout = StructLayout(btf, "session_record")
+    _size, fields = btf.struct("session_record")
+    byte_arrays = {f.name: f.array_len for f in fields if f.array_len}  # laddr, raddr, comm
+    sizes = {f.name: f.size for f in fields}
+
+    def value_of(name: str):
+        if name in byte_arrays:
+            return st.binary(min_size=byte_arrays[name], max_size=byte_arrays[name])
+        return st.integers(0, 2 ** (8 * sizes[name]) - 1)
+
+    records = st.fixed_dictionaries({name: value_of(name) for name in layout.field_names})
+    hostile = {name: 4 if name == "family" else 0 for name in layout.field_names}
+    hostile.update(comm=b'a\nb"\xff\\}\r' + bytes(8), laddr=bytes(16), raddr=bytes(16))
+
+    @settings(max_examples=300, deadline=None)
+    @given(records)
+    @example(hostile)
+    def check(fields: dict) -> None:
+        renders_or_refuses(decoder, layout.pack(**fields))
+
+    check()
