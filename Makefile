@@ -4,6 +4,7 @@
 #   make tcplife  the same, but prints sessions live (the tcplife command)
 #   make test     installs what is missing, builds, and runs the whole test suite
 #   make bench    the same setup, then the cost-and-exactness benchmark (bench/)
+#   make soak     the same setup, then 10 minutes of churn with a scrape a second
 #   make install  the systemd service: /opt/tcplife-exporter, /etc/tcplife-exporter,
 #                 the unit (deploy/install.sh; INSTALL_ARGS for other directories)
 #   make uninstall  removes it again, keeping the config
@@ -13,13 +14,13 @@ BPF_OBJ := tcplife_exporter/bpf/tcplife.bpf.o
 BPF_SRC := bpf/tcplife.bpf.c bpf/tcplife.h bpf/kernel.h
 MULTIARCH := $(shell gcc -dumpmachine 2>/dev/null || echo $$(uname -m)-linux-gnu)
 # Build: clang llvm libbpf-dev gcc make. Run: libbpf1, python3-venv/pip.
-# Tests: iproute2 (netns), bpftool (attached programs), openssl (TLS
-# certificates), prometheus (a real server scraping the exporter, promtool),
-# systemd (systemd-analyze) and python3-seccomp (the unit's sandbox, emulated).
-APT_PACKAGES := clang llvm libbpf-dev libbpf1 gcc make python3-venv python3-pip iproute2 \
-	bpftool openssl prometheus systemd python3-seccomp
+BUILD_PACKAGES := clang llvm libbpf-dev libbpf1 gcc make python3-venv python3-pip
+# Tests and bench only: iproute2 (netns), bpftool (attached programs), openssl
+# (TLS certificates), prometheus (a real server scraping the exporter,
+# promtool), systemd (systemd-analyze), python3-seccomp (the unit's sandbox).
+TEST_PACKAGES := iproute2 bpftool openssl prometheus systemd python3-seccomp
 
-.PHONY: run tcplife test bench bpf deps venv lint clean install uninstall
+.PHONY: run tcplife test bench soak bpf deps test-deps venv lint clean install uninstall
 
 run: venv
 	$(VENV)/bin/tcplife-exporter --config.file config.example.yaml
@@ -27,12 +28,15 @@ run: venv
 tcplife: venv
 	$(VENV)/bin/tcplife
 
-test: venv
+test: test-deps venv
 	$(VENV)/bin/ruff check tcplife_exporter tests bench setup.py
 	$(VENV)/bin/pytest -v tests
 
-bench: venv
+bench: test-deps venv
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
+soak: test-deps venv
+	$(VENV)/bin/python bench/soak.py $(SOAK_ARGS)
 
 bpf: $(BPF_OBJ)
 
@@ -41,12 +45,27 @@ $(BPF_OBJ): $(BPF_SRC)
 	clang -g -O2 -Wall -Werror -target bpf -I/usr/include/$(MULTIARCH) -Ibpf -c $< -o $@
 
 # System packages: only those not installed yet, so a warm machine skips apt.
-deps:
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+# $(1): the packages; $(2): shell run afterwards with $$missing set.
+define apt_install
+	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing:" $$missing; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			--no-install-recommends $$missing || exit 1; \
+		$(2) \
 	fi
+endef
+
+deps:
+	$(call apt_install,$(BUILD_PACKAGES),)
+
+# Debian's prometheus package starts a server on :9090 where systemd runs; the
+# tests start their own on a free port, so stop the one installed just now.
+test-deps: deps
+	$(call apt_install,$(TEST_PACKAGES),echo " $$missing " | grep -q " prometheus " && \
+		[ -d /run/systemd/system ] && systemctl disable --now prometheus && \
+		echo "stopped and disabled prometheus.service: installed for the tests only" \
+		|| true;)
 
 venv: deps $(BPF_OBJ)
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)

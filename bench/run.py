@@ -62,11 +62,26 @@ class Run:
 
     @property
     def expected(self) -> int:
-        """Both ends of every session are traced on loopback; a failed socket() opens
-        nothing, a refused connect() one outbound handshake failure."""
-        opened_both = self.sessions + self.failures - self.failed.get("socket", 0) \
-            - self.failed.get("connect", 0)
-        return 2 * opened_both + self.failed.get("connect", 0)
+        return expected_traced(self.sessions, self.failures, self.failed)
+
+
+def expected_traced(sessions: int, failures: int, failed: dict[str, int]) -> int:
+    """Both ends of every session are traced on loopback; a failed socket() opens
+    nothing, a refused connect() one outbound handshake failure."""
+    opened_both = sessions + failures - failed.get("socket", 0) - failed.get("connect", 0)
+    return 2 * opened_both + failed.get("connect", 0)
+
+
+def exporter_tally(found: dict[str, float]) -> tuple[int, int]:
+    """(sessions traced, sessions lost) in a scrape of the exporter."""
+    traced = int(found.get("tcplife_session_duration_seconds_count", 0)
+                 + found.get("tcplife_handshake_failures_total", 0))
+    lost = int(sum(found.get(name, 0) for name in (
+        "tcplife_exporter_sessions_birth_unseen_total",
+        "tcplife_exporter_sessions_close_unseen_total",
+        "tcplife_exporter_map_insert_failures_total",
+        "tcplife_sessions_open")))  # still open after the churn: a close not seen
+    return traced, lost
 
 
 def churn(seconds: float, workers: int, extra: list[str] = ()) -> dict:
@@ -109,12 +124,14 @@ def scrape(url: str) -> tuple[float, bytes]:
     return time.perf_counter() - start, body
 
 
-def samples(body: bytes) -> dict[str, float]:
-    """Sample name -> sum over its series."""
+def samples(body: bytes, ports: set[str] | None = None) -> dict[str, float]:
+    """Sample name -> sum over its series; with ``ports``, only the series of those
+    port labels (and those without one)."""
     totals: dict[str, float] = {}
     for family in text_string_to_metric_families(body.decode()):
         for sample in family.samples:
-            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+            if ports is None or sample.labels.get("port", next(iter(ports))) in ports:
+                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
     return totals
 
 
@@ -210,13 +227,7 @@ def run_exporter(args) -> Run:
         run.failed = result["failed"]
         run.scrape_series = sum(1 for line in body.splitlines()
                                 if line and not line.startswith(b"#"))
-        run.traced = int(found.get("tcplife_session_duration_seconds_count", 0)
-                         + found.get("tcplife_handshake_failures_total", 0))
-        run.lost = int(sum(found.get(name, 0) for name in (
-            "tcplife_exporter_sessions_birth_unseen_total",
-            "tcplife_exporter_sessions_close_unseen_total",
-            "tcplife_exporter_map_insert_failures_total",
-            "tcplife_sessions_open")))  # still open after the churn: a close not seen
+        run.traced, run.lost = exporter_tally(found)
         run.bpf_ns = program_stats(programs_of(proc.pid))
     return run
 

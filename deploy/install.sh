@@ -41,15 +41,20 @@ done
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 [ "$(id -u)" = 0 ] || fail "run as root: it writes $prefix, $config_dir and $unit_dir"
-# systemctl only where systemd runs (not in containers or chroots).
-systemd_running() { [ -d /run/systemd/system ]; }
+# systemctl only for the unit directory systemd reads (not for a trial install
+# elsewhere), and start, stop or reload only where systemd runs (not in a
+# container or chroot; enable and disable work there too).
+owns_the_unit() { [ "$unit_dir" = /etc/systemd/system ] && command -v systemctl >/dev/null; }
+systemd_running() { owns_the_unit && [ -d /run/systemd/system ]; }
 
 if [ $action = uninstall ]; then
 	if systemd_running; then
 		systemctl disable --now $unit 2>/dev/null || true
+	elif owns_the_unit; then
+		systemctl disable $unit 2>/dev/null || true
 	fi
 	rm -f "$unit_dir/$unit"
-	systemd_running && systemctl daemon-reload
+	if systemd_running; then systemctl daemon-reload; fi
 	rm -rf "$prefix"
 	if [ $purge = yes ]; then
 		rm -rf "$config_dir"
@@ -62,9 +67,17 @@ fi
 
 [ -x "$python" ] || fail "$python not found: install python3 and python3-venv (make deps)"
 umask 022	# the service runs as another user: everything must be readable
-"$python" -m venv --clear "$prefix" || fail "cannot create a virtual environment in $prefix"
-"$prefix/bin/pip" install --quiet --disable-pip-version-check "$repo" ||
+# Build first, aside: if that fails (no compiler, no index), a running service
+# keeps its environment.
+build=$(mktemp -d)
+trap 'rm -rf "$build"' EXIT
+"$python" -m venv "$build/venv" || fail "cannot create a virtual environment with $python"
+"$build/venv/bin/pip" wheel --quiet --disable-pip-version-check -w "$build/wheels" "$repo" ||
 	fail "building the package failed: are clang, libbpf-dev and make installed (make deps)?"
+"$python" -m venv --clear "$prefix" || fail "cannot create a virtual environment in $prefix"
+"$prefix/bin/pip" install --quiet --disable-pip-version-check --no-index \
+	--find-links "$build/wheels" tcplife-exporter ||
+	fail "installing the built package into $prefix failed"
 
 if [ -e "$config_dir/config.yaml" ]; then
 	echo "kept the existing $config_dir/config.yaml"

@@ -191,6 +191,14 @@ def test_minimal_schema():
 # --- the objects agree with each other -----------------------------------------------------
 
 
+def test_the_servicemonitor_names_the_job_the_alerts_watch():
+    alerts = (REPO / "deploy/prometheus/rules/tcplife-alerts.yml").read_text()
+    watched = set(re.findall(r'job="([^"]+)"', alerts))
+    (endpoint,) = objects()["ServiceMonitor"]["spec"]["endpoints"]
+    named = [r["replacement"] for r in endpoint["relabelings"] if r["targetLabel"] == "job"]
+    assert len(watched) == 1 and named == list(watched)
+
+
 def test_labels_selectors_and_port_names_agree():
     daemonset, service, monitor = (objects()[k] for k in ("DaemonSet", "Service",
                                                           "ServiceMonitor"))

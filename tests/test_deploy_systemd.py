@@ -5,6 +5,7 @@ view, system-call filter and W^X memory (tests/sandbox_exec.py)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -173,6 +174,11 @@ def test_reinstall_keeps_the_config_and_uninstall_removes_the_rest(installed):
     installed.config.write_text("# the operator's own\n")
     installed.run()
     assert installed.config.read_text() == "# the operator's own\n"
+    # A build that fails leaves the installed environment as it was.
+    failed = subprocess.run(["sh", str(INSTALL), *installed.args], capture_output=True,
+                            text=True, env={**os.environ, "PYTHON": "/bin/false"})
+    assert failed.returncode == 1 and failed.stderr.startswith("install.sh: "), failed.stderr
+    assert (installed.base / "venv" / "bin" / "tcplife-exporter").exists()
     installed.run("--uninstall")
     assert not (installed.base / "venv").exists() and not installed.unit.exists()
     assert installed.config.exists()
