@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -58,21 +59,26 @@ def soak(seconds: float, workers: int) -> dict:
     # running on the host fold into port="other" and are not counted.
     ports = [str(CHURN_BASE_PORT + n) for n in range(workers * PORTS_PER_WORKER)]
     config = EXPORTER_CONFIG + f"ports: {{labelled: [{', '.join(ports)}], auto: false}}\n"
+    rss: list[tuple[float, int]] = []
+    scrapes: list[float] = []
+    failed: list[str] = []
     with exporter(config) as (proc, url):
         generator = subprocess.Popen([str(CHURN), "-w", str(workers), "-d", str(seconds),
                                       "-b", str(CHURN_BASE_PORT), "-p", str(PORTS_PER_WORKER)],
                                      stdout=subprocess.PIPE, text=True)
-        rss: list[tuple[float, int]] = []
-        scrapes, failed = [], []
-        start = time.monotonic()
-        while generator.poll() is None:
-            tick = time.monotonic()
-            try:
-                scrapes.append(scrape(url)[0])
-            except OSError as err:
-                failed.append(f"{tick - start:.0f} s: {err}")
-            rss.append((tick - start, rss_bytes(proc.pid)))
-            time.sleep(max(0.0, 1 - (time.monotonic() - tick)))
+        try:
+            start = time.monotonic()
+            while generator.poll() is None:  # a scrape and an RSS sample a second
+                tick = time.monotonic()
+                try:
+                    scrapes.append(scrape(url)[0])
+                except OSError as err:
+                    failed.append(f"{tick - start:.0f} s: {err}")
+                rss.append((tick - start, rss_bytes(proc.pid)))
+                time.sleep(max(0.0, 1 - (time.monotonic() - tick)))
+        finally:
+            if generator.poll() is None:  # interrupted
+                generator.kill()
         result = json.loads(generator.stdout.read())
         time.sleep(0.5)  # the last closes
         final = samples(scrape(url)[1], set(ports))
@@ -113,6 +119,8 @@ def main() -> int:
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("soak: run as root (it loads BPF programs)")
+    # SIGTERM ends the soak like Ctrl-C: the exporter and the churn are stopped.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     run = soak(args.seconds, args.workers)
     if args.json:
         Path(args.json).write_text(json.dumps(run, indent=1))
