@@ -19,6 +19,7 @@ import os
 import platform
 import re
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -39,7 +40,6 @@ EXPORTER = [sys.executable, "-m", "tcplife_exporter.exporter_cli"]
 TCPLIFE = [sys.executable, "-m", "tcplife_exporter.tcplife_cli"]
 STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
 TICKS = os.sysconf("SC_CLK_TCK")
-EXPORTER_PORT = 19591
 
 
 @dataclass
@@ -73,7 +73,8 @@ def expected_traced(sessions: int, failures: int, failed: dict[str, int]) -> int
 
 
 def exporter_tally(found: dict[str, float]) -> tuple[int, int]:
-    """(sessions traced, sessions lost) in a scrape of the exporter."""
+    """(sessions traced, sessions lost) in a scrape of the exporter. The loss
+    counters are for the whole host: with other traffic they count it too."""
     traced = int(found.get("tcplife_session_duration_seconds_count", 0)
                  + found.get("tcplife_handshake_failures_total", 0))
     lost = int(sum(found.get(name, 0) for name in (
@@ -167,6 +168,13 @@ def run_baseline(args) -> Run:
                failed=result["failed"])
 
 
+def free_port() -> int:
+    """A port on [::1] that nothing listens on now."""
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.bind(("::1", 0))
+        return probe.getsockname()[1]
+
+
 def _answers(url: str) -> bool:
     try:
         scrape(url)
@@ -180,9 +188,10 @@ def exporter(config: str):
     with tempfile.TemporaryDirectory() as workdir:
         path = Path(workdir) / "config.yaml"
         path.write_text(config)
-        url = f"http://[::1]:{EXPORTER_PORT}/metrics"
+        port = free_port()
+        url = f"http://[::1]:{port}/metrics"
         argv = [*EXPORTER, "--config.file", str(path),
-                "--web.listen-address", f"[::1]:{EXPORTER_PORT}", "--log.level", "warn"]
+                "--web.listen-address", f"[::1]:{port}", "--log.level", "warn"]
         with tool_process(argv) as proc:
             wait_until(lambda: _answers(url), proc, "tcplife-exporter")
             yield proc, url

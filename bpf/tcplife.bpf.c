@@ -188,16 +188,12 @@ static __always_inline int session_find(__u64 key)
 	return -1;
 }
 
-/* The slot the socket already holds (*held set), else a free one claimed for it, else -1. */
-static __always_inline int session_claim(__u64 key, bool *held)
+/* A free slot claimed for the socket (it holds none: see session_find()), or -1. */
+static __always_inline int session_claim(__u64 key)
 {
 	__u32 start = slot_hash(key), index;
-	int found = session_find(key);
 	__u64 *slot;
 
-	*held = found >= 0;
-	if (*held)
-		return found;
 	for (int i = 0; i < SESSION_PROBES; i++) {
 		index = (start + i) & session_slot_mask;
 		slot = key_at(index);
@@ -207,7 +203,19 @@ static __always_inline int session_claim(__u64 key, bool *held)
 	return -1;
 }
 
-/* User space skips a slot whose birth_ns is 0: clear it before the key frees the slot. */
+/*
+ * Ordering between CPUs without locks: the atomic exchange and compare-and-
+ * swap are fully ordered on every architecture (plain stores are not on
+ * arm64). A slot's birth_ns is 0 while it is free or being filled, and user
+ * space skips such slots: it is published last, and cleared before the key
+ * frees the slot, so another CPU can never see the old key with a new
+ * session, nor a new session lose its birth to an old clear.
+ */
+static __always_inline void session_publish(struct session *slot, __u64 birth_ns)
+{
+	__atomic_exchange_n(&slot->birth_ns, birth_ns, __ATOMIC_SEQ_CST);
+}
+
 static __always_inline void session_forget(int index)
 {
 	struct session *s = session_at(index);
@@ -215,10 +223,24 @@ static __always_inline void session_forget(int index)
 
 	if (!s)
 		return;
-	s->birth_ns = 0;
+	__atomic_exchange_n(&s->birth_ns, 0, __ATOMIC_SEQ_CST);
 	held = key_at(index);
 	if (held)
-		*held = 0;
+		__atomic_exchange_n(held, 0, __ATOMIC_SEQ_CST);
+}
+
+/*
+ * A socket at this address was tracked and its close never seen: count it,
+ * so that such a loss cannot go unnoticed, and free its slot.
+ */
+static __always_inline void forget_unseen_close(__u64 key)
+{
+	int stale = session_find(key);
+
+	if (stale < 0)
+		return;
+	count(COUNTER_CLOSE_UNSEEN);
+	session_forget(stale);
 }
 
 /*
@@ -296,18 +318,19 @@ static __always_inline int session_born(const struct sock *sk, __u64 key, __u8 d
 	struct session s, *slot;
 	__u16 lport = sk->__sk_common.skc_num;
 	__u16 rport = bpf_ntohs(sk->__sk_common.skc_dport);
+	__u64 birth_ns;
 	__u8 family;
-	bool held;
-	int index;
 
 	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
+	/* Before any filter: a stale entry must not pass for this socket's at its close. */
+	forget_unseen_close(key);
 	family = wire_family(sk);
 	if (!selected(family, lport, rport))
 		return 0;
 
 	__builtin_memset(&s, 0, sizeof(s));
-	s.birth_ns = bpf_ktime_get_ns();
+	birth_ns = bpf_ktime_get_ns();
 	s.direction = direction;
 	s.family = family;
 	s.service_port = direction == DIRECTION_INBOUND ? lport : rport;
@@ -318,19 +341,13 @@ static __always_inline int session_born(const struct sock *sk, __u64 key, __u8 d
 		if (filter_tgid && s.pid != filter_tgid)
 			return 0;
 	}
-	index = session_claim(key, &held);
-	slot = session_at(index);
+	slot = session_at(session_claim(key));
 	if (!slot) {
 		count(COUNTER_SESSION_MAP_FULL);
 		return 0;
 	}
-	/*
-	 * A socket at this address was tracked and its close never seen:
-	 * count it, so that such a loss cannot go unnoticed.
-	 */
-	if (held)
-		count(COUNTER_CLOSE_UNSEEN);
-	*slot = s;
+	*slot = s;	/* birth_ns 0 until published */
+	session_publish(slot, birth_ns);
 	return 0;
 }
 
@@ -339,27 +356,35 @@ static __always_inline int owner_seen(const struct sock *sk, __u64 key)
 {
 	struct session *s;
 	int index;
-	bool held;
 
 	if (!need_owner || !in_owner_context(sk) || sk->sk_protocol != IPPROTO_TCP)
 		return 0;
-	index = session_claim(key, &held);
+	index = session_find(key);
 	s = session_at(index);
+	if (s) {
+		if (!s->pid)
+			remember_owner(s);
+		/* An accepted session's owner is known only now: apply -p / filters.pid. */
+		if (filter_tgid && s->pid != filter_tgid)
+			session_forget(index);
+		return 0;
+	}
+	/*
+	 * Opened before the tracer: keep at least who closes it, if the close will
+	 * be reported at all (a slot held for nothing could crowd out others).
+	 */
+	if (!selected(wire_family(sk), sk->__sk_common.skc_num,
+		      bpf_ntohs(sk->__sk_common.skc_dport)))
+		return 0;
+	if (filter_tgid && (bpf_get_current_pid_tgid() >> 32) != filter_tgid)
+		return 0;
+	s = session_at(session_claim(key));
 	if (!s) {
 		count(COUNTER_SESSION_MAP_FULL);
 		return 0;
 	}
-	if (!held) {
-		/* Opened before the tracer: keep at least who closed it. */
-		__builtin_memset(s, 0, sizeof(*s));
-		remember_owner(s);
-		return 0;
-	}
-	if (!s->pid)
-		remember_owner(s);
-	/* An accepted session's owner is known only now: apply -p / filters.pid. */
-	if (filter_tgid && s->pid != filter_tgid)
-		session_forget(index);
+	__builtin_memset(s, 0, sizeof(*s));	/* birth_ns stays 0: birth unseen */
+	remember_owner(s);
 	return 0;
 }
 
@@ -646,6 +671,8 @@ forget:
 static __always_inline int state_changed(const struct sock *sk, __u64 key, int oldstate,
 					 int newstate)
 {
+	if (!key)	/* never a socket's address; 0 marks a free slot */
+		return 0;
 	switch (newstate) {
 	case TCP_CLOSE:
 		return session_closed(sk, key, oldstate);

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import mmap
+import struct
 
 from .btf import Btf
 from .errors import TcplifeError
@@ -42,22 +43,38 @@ def _mapped(obj: BpfObject, name: str, value_size: int, slots: int) -> mmap.mmap
 
 
 class SessionTable:
-    """The open sessions, read in place. A session written while it is read
-    may come out half old, half new: a snapshot, not a transaction."""
+    """The open sessions, read in place while the kernel writes them."""
 
     def __init__(self, obj: BpfObject, btf: Btf, max_sessions: int) -> None:
         slots = slots_for(max_sessions)
         self._layout = StructLayout(btf, "session")
         self._stride = (self._layout.size + 7) // 8 * 8
+        _size, fields = btf.struct("session")
+        self._birth = struct.Struct("=Q")
+        self._birth_offset = next(f.offset for f in fields if f.name == "birth_ns")
         self._keys = _mapped(obj, KEYS, 8, slots)
-        self._values = _mapped(obj, VALUES, self._layout.size, slots)
+        try:
+            self._values = _mapped(obj, VALUES, self._layout.size, slots)
+        except TcplifeError:
+            self._keys.close()
+            raise
         self._slots = slots
 
     def sessions(self) -> list[dict]:
-        """Every occupied slot's session, as the BTF layout of struct session."""
+        """The session of every occupied slot, as the BTF layout of struct
+        session. The program publishes birth_ns last and clears it first (see
+        session_publish()): a slot whose birth_ns changed while it was read was
+        being refilled, and is left out."""
         with memoryview(self._keys) as raw, raw.cast("Q") as keys:
             occupied = list(itertools.compress(range(self._slots), keys))
-        return [self._layout.unpack(self._values, index * self._stride) for index in occupied]
+        found = []
+        for index in occupied:
+            offset = index * self._stride
+            session = self._layout.unpack(self._values, offset)
+            (birth_now,) = self._birth.unpack_from(self._values, offset + self._birth_offset)
+            if birth_now == session["birth_ns"]:
+                found.append(session)
+        return found
 
     def close(self) -> None:
         self._keys.close()

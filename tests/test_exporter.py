@@ -410,6 +410,8 @@ def test_the_session_table_holds_half_its_size_and_frees_its_slots(tmp_path, por
         listener.close()
     assert value(samples, "tcplife_exporter_map_insert_failures_total", map="sessions") == 0
     assert value(samples, "tcplife_exporter_sessions_birth_unseen_total") == 0
+    # A slot left taken would be found again when the kernel reuses the socket's address.
+    assert value(samples, "tcplife_exporter_sessions_close_unseen_total") == 0
 
 
 def test_session_table_slots_are_a_power_of_two_at_least_twice_the_sessions():

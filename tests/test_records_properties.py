@@ -17,6 +17,8 @@ from tcplife_exporter.libbpf import BpfObject
 from tcplife_exporter.records import RecordDecoder
 from tcplife_exporter.tracer import bpf_object_path
 
+# Mostly the two that decode, so that the formatters see many records.
+FAMILIES = st.sampled_from([4, 6]) | st.integers(0, 255)
 STYLES = [OutputStyle(), OutputStyle(wide=True), OutputStyle(csv=True, timestamp=True),
           OutputStyle(clock_time=True), OutputStyle(json=True)]
 
@@ -41,10 +43,19 @@ def renders_or_refuses(decoder: RecordDecoder, data: bytes) -> None:
 
 
 def test_arbitrary_bytes(btf):
+    """Any length; and records of the right size, mostly with a family that decodes."""
     decoder = RecordDecoder(btf)
+    _size, fields = btf.struct("session_record")
+    family_at = next(f.offset for f in fields if f.name == "family")
+
+    def with_family(data: bytes, family: int) -> bytes:
+        return data[:family_at] + bytes([family]) + data[family_at + 1:]
+
+    records = st.builds(with_family, st.binary(min_size=decoder.size, max_size=decoder.size),
+                        FAMILIES)
 
     @settings(max_examples=300, deadline=None)
-    @given(st.binary(max_size=2 * decoder.size))
+    @given(st.binary(max_size=2 * decoder.size) | records)
     def check(data: bytes) -> None:
         renders_or_refuses(decoder, data)
 
@@ -63,6 +74,8 @@ def test_records_with_any_field_values(btf):
     def value_of(name: str):
         if name in byte_arrays:
             return st.binary(min_size=byte_arrays[name], max_size=byte_arrays[name])
+        if name == "family":
+            return FAMILIES
         return st.integers(0, 2 ** (8 * sizes[name]) - 1)
 
     records = st.fixed_dictionaries({name: value_of(name) for name in layout.field_names})
