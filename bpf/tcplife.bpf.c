@@ -173,23 +173,12 @@ static __always_inline struct session *session_at(int index)
 	return index < 0 ? NULL : bpf_map_lookup_elem(&session_values, &at);
 }
 
-/* The slot the socket's session is in, or -1. */
-static __always_inline int session_find(__u64 key)
-{
-	__u32 start = slot_hash(key), index;
-	__u64 *held;
-
-	for (int i = 0; i < SESSION_PROBES; i++) {
-		index = (start + i) & session_slot_mask;
-		held = key_at(index);
-		if (held && *held == key)
-			return index;
-	}
-	return -1;
-}
-
-/* A free slot claimed for the socket (it holds none: see session_find()), or -1. */
-static __always_inline int session_claim(__u64 key)
+/*
+ * The SESSION_PROBES slots from the key's hash on: the one holding the key
+ * (claim false), or a free one claimed for it with a compare-and-swap (claim
+ * true; the caller knows the key holds none). -1 if there is none.
+ */
+static __always_inline int session_probe(__u64 key, bool claim)
 {
 	__u32 start = slot_hash(key), index;
 	__u64 *slot;
@@ -197,10 +186,23 @@ static __always_inline int session_claim(__u64 key)
 	for (int i = 0; i < SESSION_PROBES; i++) {
 		index = (start + i) & session_slot_mask;
 		slot = key_at(index);
-		if (slot && *slot == 0 && __sync_val_compare_and_swap(slot, 0, key) == 0)
+		if (!slot)
+			continue;
+		if (claim ? *slot == 0 && __sync_val_compare_and_swap(slot, 0, key) == 0
+			  : *slot == key)
 			return index;
 	}
 	return -1;
+}
+
+static __always_inline int session_find(__u64 key)
+{
+	return session_probe(key, false);
+}
+
+static __always_inline int session_claim(__u64 key)
+{
+	return session_probe(key, true);
 }
 
 /*
