@@ -27,18 +27,26 @@ def set_thread_name(name: bytes) -> None:
     _libc.prctl(PR_SET_NAME, ctypes.c_char_p(name[:15]), 0, 0, 0)
 
 
+_handed_out: set[int] = set()
+
+
 def free_port(family: int = socket.AF_INET) -> int:
-    """A free port for a server, below the ephemeral range (so it can get a label)."""
+    """A free port for a server, below the ephemeral range (so it can get a label),
+    and never one this run handed out before: two calls in a row, with nothing
+    bound yet, must not get the same port."""
     low, _high = ephemeral_port_range()
     host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
     while True:
         port = random.randrange(max(low - 12000, 1024), low)
+        if port in _handed_out:
+            continue
         with socket.socket(family) as probe:
             try:
                 probe.bind((host, port))
             except OSError:
                 continue
-            return port
+        _handed_out.add(port)
+        return port
 
 
 @dataclass
