@@ -33,8 +33,11 @@ def size(obj: BpfObject, max_sessions: int) -> None:
         obj.set_max_entries(name, slots_for(max_sessions))
 
 
-def _mapped(obj: BpfObject, name: str, value_size: int, slots: int) -> mmap.mmap:
-    stride = (value_size + 7) // 8 * 8  # array elements are 8-byte aligned
+def _stride(value_size: int) -> int:
+    return (value_size + 7) // 8 * 8  # array elements are 8-byte aligned
+
+
+def _mapped(obj: BpfObject, name: str, stride: int, slots: int) -> mmap.mmap:
     length = -(-stride * slots // mmap.PAGESIZE) * mmap.PAGESIZE
     try:
         return mmap.mmap(obj.map_fd(name), length, mmap.MAP_SHARED, mmap.PROT_READ)
@@ -48,13 +51,13 @@ class SessionTable:
     def __init__(self, obj: BpfObject, btf: Btf, max_sessions: int) -> None:
         slots = slots_for(max_sessions)
         self._layout = StructLayout(btf, "session")
-        self._stride = (self._layout.size + 7) // 8 * 8
+        self._stride = _stride(self._layout.size)
         _size, fields = btf.struct("session")
         self._birth = struct.Struct("=Q")
         self._birth_offset = next(f.offset for f in fields if f.name == "birth_ns")
-        self._keys = _mapped(obj, KEYS, 8, slots)
+        self._keys = _mapped(obj, KEYS, 8, slots)  # a __u64 a slot
         try:
-            self._values = _mapped(obj, VALUES, self._layout.size, slots)
+            self._values = _mapped(obj, VALUES, self._stride, slots)
         except TcplifeError:
             self._keys.close()
             raise
