@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib.util
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -137,13 +139,22 @@ def test_bad_options_one_clear_line(args, message):
     assert done.stderr.strip().splitlines()[-1].startswith("tcplife: error:")
 
 
+# What the commands import besides the standard library (the exporter all of them).
+DEPENDENCIES = ("prometheus_client", "yaml", "_yaml", "bcrypt")
+
+
 @pytest.fixture(scope="module")
 def readable_copy():
-    """The package copied where any user can read it (the checkout may be private)."""
+    """The package and what it imports, copied where any user can read them: the
+    checkout and its virtual environment may be private (mktemp -d is 0700)."""
     root = tempfile.mkdtemp(prefix="tcplife-")
     os.chmod(root, 0o755)
-    shutil.copytree(REPO / "tcplife_exporter", os.path.join(root, "tcplife_exporter"),
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    sources = [REPO / "tcplife_exporter"] + [
+        Path(importlib.util.find_spec(name).submodule_search_locations[0])
+        for name in DEPENDENCIES]
+    for source in sources:
+        shutil.copytree(source, os.path.join(root, source.name),
+                        ignore=shutil.ignore_patterns("__pycache__"))
     yield root
     shutil.rmtree(root)
 
