@@ -1,23 +1,21 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * Two programs that do nothing, on the tracepoint tcplife-exporter uses (it
- * attaches two there: see "No event skipped" in the README). The bench runs
- * the churn with these attached to measure the floor: what enabling the
- * tracepoint and calling two programs per state change costs, before any work.
+ * The floor of tcplife-exporter's design: a sock_ops program on the root
+ * cgroup that asks for state-change callbacks at each birth, as the exporter
+ * does, and does nothing else. The bench runs the churn with it attached to
+ * measure what the callbacks cost before any work.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
-SEC("tp_btf/inet_sock_set_state")
-int noop_first(void *ctx)
+SEC("sockops")
+int noop_sockops(struct bpf_sock_ops *ops)
 {
-	return 0;
-}
-
-SEC("tp_btf/inet_sock_set_state")
-int noop_second(void *ctx)
-{
-	return 0;
+	if (ops->op == BPF_SOCK_OPS_TCP_CONNECT_CB ||
+	    ops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
+		bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags |
+					  BPF_SOCK_OPS_STATE_CB_FLAG);
+	return 1;
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -1,24 +1,33 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * Traces TCP sessions from the inet_sock_set_state tracepoint.
+ * Traces TCP sessions from the TCP stack's own socket-operations callbacks: a
+ * cgroup sock_ops program attached to the root of the cgroup v2 hierarchy,
+ * which every socket belongs to.
  *
- * A session is born at its first transition out of CLOSE (SYN_SENT for
- * connect(), SYN_RECV for a child cloned from a listener) and dies at its
- * transition to CLOSE. Only those transitions, and the two that close() makes
- * in the owner's context, do any work; every other one returns at once.
+ * A session is born at connect() (BPF_SOCK_OPS_TCP_CONNECT_CB, the local
+ * port already chosen) or when a child of a listener completes its handshake
+ * (BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB). At its birth the program asks the
+ * kernel to report that socket's state changes (BPF_SOCK_OPS_STATE_CB_FLAG):
+ * tcp_set_state() then calls it at each one, before the socket is unhashed,
+ * so ports and counters are still in place at the close. Only the birth, the
+ * two transitions that close() makes in the owner's context and the close do
+ * any work; sockets that no filter selects are never asked for more.
+ *
+ * Why not the inet_sock_set_state tracepoint: the kernel may skip a tracing
+ * program for an event and nothing else sees the event. It skips it when the
+ * program is already running on that CPU (a softirq interrupting it, counted
+ * only as a recursion miss), and some kernels run no tracing program while
+ * certain tasks are current, softirqs on top of them included (seen on the
+ * project's test VMs: README, "No event skipped"). A cgroup program is part
+ * of the TCP stack's control path: it runs for every callback of a socket
+ * with the flag set, whatever context raised it.
  *
  * At the close a session is emitted as a record (the tcplife command), folded
  * into histograms keyed by its labels (the exporter), or both.
- *
- * The kernel never runs a tp_btf program inside itself on one CPU: an event
- * raised by a softirq that interrupts the program is skipped (counted in the
- * program's recursion_misses). A second program on the same tracepoint,
- * inet_sock_set_state_nested, picks up exactly those events; see below.
  */
 #include "kernel.h"
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
-#include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include "tcplife.h"
@@ -143,8 +152,8 @@ struct {
 #define E2BIG 7
 
 /*
- * Per-CPU values are added to atomically: the nested program may interrupt
- * the main one on the same CPU halfway through an update of the same value.
+ * Per-CPU values are added to atomically: a softirq can run the program
+ * again on the same CPU halfway through an update of the same value.
  */
 static __always_inline void count(enum counter which)
 {
@@ -246,16 +255,6 @@ static __always_inline void forget_unseen_close(__u64 key)
 }
 
 /*
- * The verifier allows arithmetic on numbers, not on pointers; a value read
- * back from a map is a number. The program stores the socket's address in its
- * per-CPU slot anyway (see last_event), so this costs one load.
- */
-static __always_inline __u64 socket_key(const volatile __u64 *stored)
-{
-	return *stored;
-}
-
-/*
  * A socket locked by a user task changes state in that task (connect(),
  * close()); otherwise it runs in softirq or a timer, where "current" is
  * whatever task the CPU happened to be running.
@@ -315,7 +314,11 @@ static __always_inline void copy_remote_address(const struct sock *sk, __u8 fami
 		__builtin_memcpy(dst, (const void *)&skc->skc_v6_daddr, 16);
 }
 
-static __always_inline int session_born(const struct sock *sk, __u64 key, __u8 direction)
+/*
+ * True if the session is to be reported, so its state changes are wanted:
+ * also when the table has no slot for it, so that its close is counted.
+ */
+static __always_inline bool session_born(const struct sock *sk, __u64 key, __u8 direction)
 {
 	struct session s, *slot;
 	__u16 lport = sk->__sk_common.skc_num;
@@ -324,12 +327,12 @@ static __always_inline int session_born(const struct sock *sk, __u64 key, __u8 d
 	__u8 family;
 
 	if (sk->sk_protocol != IPPROTO_TCP)
-		return 0;
+		return false;
 	/* Before any filter: a stale entry must not pass for this socket's at its close. */
 	forget_unseen_close(key);
 	family = wire_family(sk);
 	if (!selected(family, lport, rport))
-		return 0;
+		return false;
 
 	__builtin_memset(&s, 0, sizeof(s));
 	birth_ns = bpf_ktime_get_ns();
@@ -341,16 +344,16 @@ static __always_inline int session_born(const struct sock *sk, __u64 key, __u8 d
 	if (need_owner && direction == DIRECTION_OUTBOUND && in_owner_context(sk)) {
 		remember_owner(&s);
 		if (filter_tgid && s.pid != filter_tgid)
-			return 0;
+			return false;
 	}
 	slot = session_at(session_claim(key));
 	if (!slot) {
 		count(COUNTER_SESSION_MAP_FULL);
-		return 0;
+		return true;
 	}
 	*slot = s;	/* birth_ns 0 until published */
 	session_publish(slot, birth_ns);
-	return 0;
+	return true;
 }
 
 /* close() or shutdown() sending our FIN: the owner is running. */
@@ -387,19 +390,6 @@ static __always_inline int owner_seen(const struct sock *sk, __u64 key)
 	}
 	__builtin_memset(s, 0, sizeof(*s));	/* birth_ns stays 0: birth unseen */
 	remember_owner(s);
-	return 0;
-}
-
-/*
- * connect() picks the local port after the birth: with a local-port filter,
- * an outbound session that does not match stops being tracked once it is
- * known (it would be dropped at the close anyway, but meanwhile it takes a
- * table slot and counts as open).
- */
-static __always_inline int local_port_chosen(const struct sock *sk, __u64 key)
-{
-	if (!port_in(lport_bitmap, sk->__sk_common.skc_num))
-		session_forget(session_find(key));
 	return 0;
 }
 
@@ -669,96 +659,92 @@ forget:
 	return 0;
 }
 
-/* key: the socket's address as a number, see socket_key() */
+/* key: the socket's address as a number, see address_of() */
 static __always_inline int state_changed(const struct sock *sk, __u64 key, int oldstate,
 					 int newstate)
 {
-	if (!key)	/* never a socket's address; 0 marks a free slot */
-		return 0;
 	switch (newstate) {
 	case TCP_CLOSE:
 		return session_closed(sk, key, oldstate);
-	case TCP_SYN_SENT:
-		return oldstate == TCP_CLOSE ? session_born(sk, key, DIRECTION_OUTBOUND) : 0;
-	case TCP_SYN_RECV:
-		return oldstate == TCP_LISTEN ? session_born(sk, key, DIRECTION_INBOUND) : 0;
 	case TCP_FIN_WAIT1:
 	case TCP_LAST_ACK:
 		return owner_seen(sk, key);
-	case TCP_ESTABLISHED:
-		return filter_lports && oldstate == TCP_SYN_SENT ? local_port_chosen(sk, key) : 0;
 	}
 	return 0;
 }
 
-/* Which event the main program last started on, per CPU. */
-struct event {
-	__u64 sk;
-	__u64 newstate;
-	__u64 nested_sk;	/* the nested program's socket, stored for socket_key() */
+/*
+ * The socket's address as a number: the verifier allows arithmetic on
+ * numbers, not on pointers, and a value read back from a map is a number.
+ * The program can run again on this CPU while it runs (a softirq that
+ * interrupts it), so each nesting level has its own slot: a run that
+ * interrupts this one takes the next slot and has given it back before this
+ * one resumes, so plain (not atomic) updates of the depth are enough.
+ */
+#define KEY_SLOTS 4
+struct key_scratch {
+	__u64 slot[KEY_SLOTS];
+	__u32 depth;
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct event);
-} last_event SEC(".maps");
+	__type(value, struct key_scratch);
+} key_scratch SEC(".maps");
 
-static __always_inline struct event *last_event_slot(void)
+static __always_inline __u64 address_of(const struct tcp_sock *tp)
 {
-	__u32 zero = 0;
+	struct key_scratch *scratch;
+	__u32 zero = 0, depth;
+	__u64 key;
 
-	return bpf_map_lookup_elem(&last_event, &zero);
+	scratch = bpf_map_lookup_elem(&key_scratch, &zero);
+	if (!scratch)
+		return 0;
+	depth = scratch->depth;
+	scratch->depth = depth + 1;
+	scratch->slot[depth & (KEY_SLOTS - 1)] = (__u64)tp;
+	key = *(volatile __u64 *)&scratch->slot[depth & (KEY_SLOTS - 1)];
+	scratch->depth = depth;
+	return key;
 }
 
-/* The transitions that matter in softirq context: a child's birth, a close. */
-static __always_inline bool skippable(int newstate)
+static __always_inline void watch_state_changes(struct bpf_sock_ops *ops)
 {
-	return newstate == TCP_CLOSE || newstate == TCP_SYN_RECV;
+	bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(inet_sock_set_state, const struct sock *sk, int oldstate, int newstate)
+SEC("sockops")
+int tcp_sessions(struct bpf_sock_ops *ops)
 {
-	struct event *last = last_event_slot();
+	const struct tcp_sock *tp;
+	const struct sock *sk;
+	struct bpf_sock *bsk;
+	__u32 op = ops->op;
+	__u64 key;
 
-	if (!last)
-		return 0;
-	/* Every event, so that the slot is never older than the last run here. */
-	last->sk = (__u64)sk;
-	last->newstate = newstate;
-	return state_changed(sk, socket_key(&last->sk), oldstate, newstate);
-}
-
-/*
- * Attached after the main program, so it runs second for every event. An
- * event can be skipped by the main program only if it arrives in a softirq
- * that interrupted the main program on this CPU, i.e. while the main program
- * handles an event of a socket locked by its owner (connect(), close()).
- * Such a softirq event is of a socket not locked by a user, and nothing can
- * interrupt it in turn. So for an event of an unlocked socket the main
- * program either ran just before this one on this CPU, and left the event in
- * last_event, or was skipped, and last_event holds the event it was handling
- * when interrupted (another socket's): then this program handles the event.
- */
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(inet_sock_set_state_nested, const struct sock *sk, int oldstate, int newstate)
-{
-	struct event *last;
-
-	if (!skippable(newstate) || in_owner_context(sk))
-		return 0;
-	last = last_event_slot();
-	if (!last)
-		return 0;
-	if (last->sk == (__u64)sk && last->newstate == newstate) {
-		last->sk = 0;
-		return 0;
-	}
-	count(COUNTER_NESTED_EVENTS);
-	last->nested_sk = (__u64)sk;
-	return state_changed(sk, socket_key(&last->nested_sk), oldstate, newstate);
+	/* Most callbacks (window and timeout choices, RTT samples) are not ours. */
+	if (op != BPF_SOCK_OPS_STATE_CB && op != BPF_SOCK_OPS_TCP_CONNECT_CB &&
+	    op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
+		return 1;
+	bsk = ops->sk;
+	if (!bsk)
+		return 1;
+	tp = bpf_skc_to_tcp_sock(bsk);
+	if (!tp)
+		return 1;
+	sk = &tp->inet_conn.icsk_inet.sk;
+	key = address_of(tp);
+	if (!key)	/* never a socket's address; 0 marks a free slot */
+		return 1;
+	if (op == BPF_SOCK_OPS_STATE_CB)
+		state_changed(sk, key, ops->args[0], ops->args[1]);
+	else if (session_born(sk, key, op == BPF_SOCK_OPS_TCP_CONNECT_CB ? DIRECTION_OUTBOUND
+									  : DIRECTION_INBOUND))
+		watch_state_changes(ops);
+	return 1;	/* sock_ops programs answer 1: nothing refused */
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -22,13 +22,12 @@ enum direction {
 enum counter {
 	COUNTER_RINGBUF_DROPS = 0,	/* record not emitted: ring buffer full */
 	COUNTER_SESSION_MAP_FULL = 1,	/* session not tracked: `sessions` insert failed */
-	COUNTER_BIRTH_UNSEEN = 2,	/* closed, but opened before the program: not folded */
+	COUNTER_BIRTH_UNSEEN = 2,	/* closed, but born before this program: not folded */
 	COUNTER_SERIES_OVERFLOW = 3,	/* folded into the overflow series: label-set cap */
 	COUNTER_SERIES_MAP_FULL = 4,	/* not folded: `series` insert failed otherwise */
 	COUNTER_PORT_LABELS_FULL = 5,	/* folded as port "other": automatic port cap */
-	COUNTER_NESTED_EVENTS = 6,	/* not lost: handled by the nested program */
-	COUNTER_CLOSE_UNSEEN = 7,	/* a tracked session's close never arrived */
-	COUNTER_MAX = 8,
+	COUNTER_CLOSE_UNSEEN = 6,	/* a tracked session's close never arrived */
+	COUNTER_MAX = 7,
 };
 
 enum record_flag {

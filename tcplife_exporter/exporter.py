@@ -1,9 +1,11 @@
 """The exporter's running state: config, loaded program, reloads, collection.
 
 A reload that changes the config loads a second program with the new
-settings, attaches it, and only then detaches the first: no session closes
-unobserved, but the folded counters start again from zero (Prometheus's
-rate() and increase() treat that as a counter reset).
+settings and swaps it in for the first in one step, handing over the table of
+open sessions: every session is folded by exactly one of the two. Counters go
+on from the old program's final values when the histograms keep their buckets
+and label meanings; otherwise they start again from zero (Prometheus's rate()
+and increase() treat that as a counter reset).
 """
 
 from __future__ import annotations
@@ -14,15 +16,16 @@ import platform
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from importlib import metadata
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .config import ExporterConfig, load_config
 from .errors import TcplifeError
-from .folding import FoldOptions, ephemeral_port_range
+from .folding import FoldOptions, Series, ephemeral_port_range
 from .metrics import session_families
-from .tracer import NESTED_PROGRAM, PROGRAM, ProgramStats, SessionTracer, TracerOptions
+from .tracer import ProgramStats, SessionTracer, TracerOptions
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ BPF_STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
 KERNEL_COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
     "birth_unseen": (
         "tcplife_exporter_sessions_birth_unseen",
-        "Closed sessions opened before the program loaded: counted, not folded.", {}),
+        "Closed sessions born before the running program loaded: counted, not folded.", {}),
     "series_overflow": (
         "tcplife_exporter_series_overflow_sessions",
         "Sessions folded into the overflow label set because max_label_sets was reached.", {}),
@@ -51,15 +54,10 @@ KERNEL_COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
         "Failed inserts into a BPF map, by map.", {"map": "series"}),
     "close_unseen": (
         "tcplife_exporter_sessions_close_unseen",
-        "Sessions whose close the programs never saw (found when a new socket took the "
+        "Sessions whose close the program never saw (found when a new socket took the "
         "address of one still tracked): lost, and left in tcplife_sessions_open until then.",
         {}),
-    "nested_events": (
-        "tcplife_exporter_bpf_nested_events",
-        "Events the main program was skipped for (a softirq interrupted it on that CPU), "
-        "handled by the nested program instead: not lost.", {}),
 }
-PROGRAM_LABELS = {PROGRAM: "main", NESTED_PROGRAM: "nested"}
 
 
 def fold_options(config: ExporterConfig) -> FoldOptions:
@@ -83,9 +81,10 @@ def fold_options(config: ExporterConfig) -> FoldOptions:
 
 
 class _Loaded:
-    """A config and the program loaded with it."""
+    """A config and the program loaded with it (in place of ``replacing``'s)."""
 
-    def __init__(self, config: ExporterConfig) -> None:
+    def __init__(self, config: ExporterConfig, cgroup_path: str | None,
+                 replacing: _Loaded | None = None) -> None:
         self.config = config
         self.fold = fold_options(config)
         self.tracer = SessionTracer(TracerOptions(
@@ -93,16 +92,37 @@ class _Loaded:
             emit_records=False,
             fold=self.fold,
             max_sessions=config.max_open_sessions,
-        ))
+            cgroup_path=cgroup_path,
+        ), replacing=replacing.tracer if replacing else None)
+
+
+@dataclass(frozen=True)
+class _Carried:
+    """What programs replaced by reloads had folded, still part of the counters."""
+
+    series: list[Series] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def plus(self, old: _Loaded) -> _Carried:
+        """These values and ``old``'s final ones."""
+        counters = dict(self.counters)
+        for name, count in old.tracer.counters().items():
+            counters[name] = counters.get(name, 0) + count
+        return _Carried(self.series + old.tracer.folded().series(), counters)
+
+    def with_counters(self, counters: dict[str, int]) -> dict[str, int]:
+        return {name: self.counters.get(name, 0) + count for name, count in counters.items()}
 
 
 class Exporter:
     """A prometheus_client collector over the loaded program; reloadable."""
 
-    def __init__(self, config_path: str | None) -> None:
+    def __init__(self, config_path: str | None, cgroup_path: str | None = None) -> None:
         self._config_path = config_path
+        self._cgroup_path = cgroup_path
         self._lock = threading.Lock()  # scrapes vs. swapping the program
-        self._loaded = _Loaded(self._read_config())
+        self._loaded = _Loaded(self._read_config(), cgroup_path)
+        self._carried = _Carried()
         self._reload_ok = True
         self._reload_time = time.time()
         self._closed = False
@@ -121,14 +141,17 @@ class Exporter:
                 before()
             config = self._read_config()
             if config != self._loaded.config:
-                fresh = _Loaded(config)
+                fresh = _Loaded(config, self._cgroup_path, replacing=self._loaded)
                 with self._lock:
+                    old, self._loaded = self._loaded, fresh
+                    continued = fresh.fold.same_series_as(old.fold)
+                    self._carried = self._carried.plus(old) if continued else _Carried()
+                    old.tracer.close()
                     if self._closed:
                         fresh.tracer.close()
                         return False
-                    old, self._loaded = self._loaded, fresh
-                    old.tracer.close()
-                log.info("config reloaded from %s; folded counters restart", self._config_path)
+                log.info("config reloaded from %s; folded counters %s", self._config_path,
+                         "go on" if continued else "restart (new buckets or label meanings)")
             else:
                 log.info("config reloaded from %s; unchanged",
                          self._config_path or "the built-in defaults")
@@ -155,17 +178,16 @@ class Exporter:
             loaded = self._loaded
             reader = loaded.tracer.folded()
             series = reader.series()
-            families = session_families(
-                loaded.fold, series, reader.open_sessions(), reader.auto_labelled_ports()
-            )
-            counters = loaded.tracer.counters()
+            families = session_families(loaded.fold, self._carried.series + series,
+                                        reader.open_sessions(), reader.auto_labelled_ports())
+            counters = self._carried.with_counters(loaded.tracer.counters())
             stats = loaded.tracer.program_stats()
         yield from families
         yield from self._self_families(loaded.config, counters, stats,
                                        sum(not s.overflow for s in series))
 
     def _self_families(self, config: ExporterConfig, counters: dict[str, int],
-                       stats: dict[str, ProgramStats], label_sets: int) -> Iterator[Metric]:
+                       stats: ProgramStats, label_sets: int) -> Iterator[Metric]:
         build = GaugeMetricFamily("tcplife_exporter_build_info",
                                   "Version of the exporter and Python it runs on; always 1.",
                                   labels=["version", "python_version"])
@@ -180,27 +202,15 @@ class Exporter:
             family.add_metric(list(labels.values()), value)
         yield from families.values()
 
-        misses = CounterMetricFamily(
-            "tcplife_exporter_bpf_recursion_misses",
-            "Runs the kernel skipped because the program was already running on that CPU "
-            "(the main program's are picked up by the nested one).", labels=["program"])
-        run_time = CounterMetricFamily(
-            "tcplife_exporter_bpf_run_seconds",
-            "Time spent in the BPF programs (only while kernel.bpf_stats_enabled=1).",
-            labels=["program"])
-        runs = CounterMetricFamily(
-            "tcplife_exporter_bpf_runs",
-            "Runs of the BPF programs (only while kernel.bpf_stats_enabled=1).",
-            labels=["program"])
-        for program, program_stats in stats.items():
-            label = [PROGRAM_LABELS[program]]
-            misses.add_metric(label, program_stats.recursion_misses)
-            run_time.add_metric(label, program_stats.run_time_ns / 1e9)
-            runs.add_metric(label, program_stats.run_count)
-        yield misses
         if bpf_stats_enabled():
-            yield run_time
-            yield runs
+            yield CounterMetricFamily(
+                "tcplife_exporter_bpf_run_seconds",
+                "Time spent in the BPF program (only while kernel.bpf_stats_enabled=1).",
+                value=stats.run_time_ns / 1e9)
+            yield CounterMetricFamily(
+                "tcplife_exporter_bpf_runs",
+                "Runs of the BPF program (only while kernel.bpf_stats_enabled=1).",
+                value=stats.run_count)
 
         yield GaugeMetricFamily("tcplife_exporter_label_sets",
                                 "Label sets folded in the kernel, without the overflow ones.",

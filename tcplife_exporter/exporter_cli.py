@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tcplife-exporter",
         description="Export lifespans, bytes and counts of closed TCP sessions to Prometheus. "
                     "Sessions are folded into histograms in the kernel by a BPF program on "
-                    "the sock:inet_sock_set_state tracepoint. SIGHUP reloads the config.")
+                    "the TCP stack's sock_ops callbacks. SIGHUP reloads the config.")
     parser.add_argument("--config.file", dest="config_file", metavar="PATH",
                         help="YAML config (see config.example.yaml); built-in defaults if unset")
     parser.add_argument("--web.listen-address", dest="listen", type=listen_address,
@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="path of the metrics (default /metrics)")
     parser.add_argument("--web.config.file", dest="web_config_file", metavar="PATH",
                         help="exporter-toolkit web config: TLS and basic auth")
+    parser.add_argument("--cgroup.path", dest="cgroup_path", metavar="PATH",
+                        help="cgroup v2 directory whose sockets (and those of the cgroups below "
+                             "it) are traced; default: the root of the mounted hierarchy")
     parser.add_argument("--log.level", dest="log_level", choices=list(LOG_LEVELS),
                         default="info", help="default info")
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
@@ -109,7 +112,7 @@ class _Signals:
 
 def serve(args: argparse.Namespace, signals: _Signals) -> int:
     web = load_web_config(args.web_config_file)
-    exporter = Exporter(args.config_file)
+    exporter = Exporter(args.config_file, args.cgroup_path)
     server: MetricsServer | None = None
     try:
         registry = CollectorRegistry()

@@ -40,6 +40,14 @@ class FoldOptions:
     networks: tuple[tuple[str, tuple[IPNetwork, ...]], ...]
     max_label_sets: int
 
+    def same_series_as(self, other: FoldOptions) -> bool:
+        """Whether series folded under ``other`` mean the same here: same
+        buckets, and label keys that name the same things."""
+        return (self.duration_bounds_ns == other.duration_bounds_ns
+                and self.bytes_bounds == other.bytes_bounds
+                and self.networks == other.networks
+                and self.comm_label == other.comm_label)
+
 
 def ephemeral_port_range(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> tuple[int, int]:
     """The kernel's range for automatically chosen local ports."""

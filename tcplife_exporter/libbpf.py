@@ -23,6 +23,7 @@ from ctypes import (
     c_void_p,
 )
 
+from . import cgroup
 from .errors import TcplifeError
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,10 @@ _PROTOTYPES: list[tuple[str, object, list[object]]] = [
     ("bpf_program__fd", c_int, [c_void_p]),
     ("bpf_map__initial_value", c_void_p, [c_void_p, POINTER(c_size_t)]),
     ("bpf_program__attach", c_void_p, [c_void_p]),
+    ("bpf_program__attach_cgroup", c_void_p, [c_void_p, c_int]),
     ("bpf_link__destroy", c_int, [c_void_p]),
+    ("bpf_link__update_program", c_int, [c_void_p, c_void_p]),
+    ("bpf_map__reuse_fd", c_int, [c_void_p, c_int]),
     ("bpf_map_lookup_elem", c_int, [c_int, c_void_p, c_void_p]),
     ("bpf_map_update_elem", c_int, [c_int, c_void_p, c_void_p, ctypes.c_uint64]),
     ("bpf_map_lookup_batch", c_int,
@@ -249,28 +253,68 @@ class BpfObject:
         if -err in (1, 13):  # EPERM, EACCES
             raise TcplifeError(
                 "the kernel refused to load the BPF program (permission denied): "
-                "run as root or with CAP_BPF and CAP_PERFMON"
+                "run as root or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"
             )
         raise TcplifeError(
             f"the kernel rejected the BPF program ({errno_text(err)}): {libbpf_log.tail()}"
         )
 
-    def attach(self, program: str) -> None:
-        prog = self._lib.bpf_object__find_program_by_name(self._ptr, program.encode())
+    def _program(self, name: str) -> int:
+        prog = self._lib.bpf_object__find_program_by_name(self._live(), name.encode())
         if not prog:
-            raise TcplifeError(f"the BPF object has no program named {program!r}")
+            raise TcplifeError(f"the BPF object has no program named {name!r}")
+        return prog
+
+    def attach(self, program: str) -> None:
+        """Attach where the program's section names (a tracepoint, for example)."""
         libbpf_log.clear()
-        link = self._lib.bpf_program__attach(prog)
+        link = self._lib.bpf_program__attach(self._program(program))
+        self._keep_link(link, program, "")
+
+    def attach_cgroup(self, program: str, cgroup_path: str) -> None:
+        """Attach to a cgroup through a link: detached when this object closes or
+        the process dies."""
+        prog = self._program(program)
+        cgroup_path = cgroup.resolve(cgroup_path)
+        fd = cgroup.open_directory(cgroup_path)
+        try:
+            libbpf_log.clear()
+            link = self._lib.bpf_program__attach_cgroup(prog, fd)
+        finally:
+            os.close(fd)
+        self._keep_link(link, program, f" to the cgroup {cgroup_path}")
+
+    def hand_over_link(self) -> int:
+        """This object's only link, no longer destroyed when this object closes."""
+        if len(self._links) != 1:
+            raise TcplifeError("only an object with exactly one link can hand it over")
+        return self._links.pop()
+
+    def take_over_link(self, link: int, program: str) -> None:
+        """Make a link handed over by another object run ``program`` instead of its
+        own, atomically: each event runs exactly one of the two programs."""
+        err = self._lib.bpf_link__update_program(link, self._program(program))
+        if err:
+            raise TcplifeError(
+                f"cannot swap in BPF program {program}: {errno_text(err)}")
+        self._links.append(link)
+
+    def reuse_map(self, map_name: str, fd: int) -> None:
+        """Before load: use an existing map (another object's) instead of creating one."""
+        err = self._lib.bpf_map__reuse_fd(self._map(map_name), fd)
+        if err:
+            raise TcplifeError(f"cannot reuse map {map_name}: {errno_text(err)}")
+
+    def _keep_link(self, link: int, program: str, where: str) -> None:
         if not link:
             raise TcplifeError(
-                f"cannot attach BPF program {program}: "
+                f"cannot attach BPF program {program}{where}: "
                 f"{errno_text(ctypes.get_errno())} ({libbpf_log.tail(2)})"
             )
         self._links.append(link)
 
     def program_fd(self, program: str) -> int:
-        prog = self._lib.bpf_object__find_program_by_name(self._live(), program.encode())
-        fd = self._lib.bpf_program__fd(prog) if prog else -1
+        fd = self._lib.bpf_program__fd(self._program(program))
         if fd < 0:
             raise TcplifeError(f"program {program} is not loaded")
         return fd

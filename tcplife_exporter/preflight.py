@@ -8,7 +8,7 @@ from .errors import TcplifeError
 
 KERNEL_BTF = "/sys/kernel/btf/vmlinux"
 
-CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 12, 21, 38, 39
 
 
 def effective_capabilities(status_path: str = "/proc/self/status") -> int:
@@ -20,13 +20,15 @@ def effective_capabilities(status_path: str = "/proc/self/status") -> int:
 
 
 def missing_capabilities(effective: int) -> list[str]:
-    """What is missing to load and attach a tracing program, [] if nothing.
+    """What is missing to load and attach the program, [] if nothing.
 
-    CAP_BPF and CAP_PERFMON (Linux 5.8+) suffice; CAP_SYS_ADMIN covers both.
+    CAP_BPF creates maps and loads programs, CAP_PERFMON lets a program read
+    kernel memory (the socket's fields), CAP_NET_ADMIN loads and attaches a
+    sock_ops program (Linux 5.8+); CAP_SYS_ADMIN covers all three.
     """
     if effective & (1 << CAP_SYS_ADMIN):
         return []
-    wanted = {"CAP_BPF": CAP_BPF, "CAP_PERFMON": CAP_PERFMON}
+    wanted = {"CAP_BPF": CAP_BPF, "CAP_PERFMON": CAP_PERFMON, "CAP_NET_ADMIN": CAP_NET_ADMIN}
     return [name for name, bit in wanted.items() if not effective & (1 << bit)]
 
 
@@ -42,9 +44,13 @@ def check_privileges() -> None:
     missing = missing_capabilities(effective_capabilities())
     if missing:
         raise TcplifeError(
-            "tracing TCP sessions needs root, or CAP_BPF and CAP_PERFMON; "
-            f"this process lacks {' and '.join(missing)}"
+            "tracing TCP sessions needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN; "
+            f"this process lacks {_spoken_list(missing)}"
         )
+
+
+def _spoken_list(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def check_all() -> None:

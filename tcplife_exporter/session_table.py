@@ -19,6 +19,7 @@ from .libbpf import BpfObject
 
 KEYS = "session_keys"
 VALUES = "session_values"
+MAPS = (KEYS, VALUES)
 
 
 def slots_for(max_sessions: int) -> int:
@@ -29,7 +30,7 @@ def slots_for(max_sessions: int) -> int:
 
 def size(obj: BpfObject, max_sessions: int) -> None:
     """Before load: room for ``max_sessions`` open sessions."""
-    for name in (KEYS, VALUES):
+    for name in MAPS:
         obj.set_max_entries(name, slots_for(max_sessions))
 
 

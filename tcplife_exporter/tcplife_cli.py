@@ -71,6 +71,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     family = parser.add_mutually_exclusive_group()
     family.add_argument("-4", "--ipv4", action="store_true", help="trace IPv4 sessions only")
     family.add_argument("-6", "--ipv6", action="store_true", help="trace IPv6 sessions only")
+    add("--cgroup", metavar="PATH",
+        help="only sockets of this cgroup v2 directory and those below it (default: the "
+             "root of the hierarchy, i.e. every socket)")
     add("--verbose", action="store_true", help="log libbpf's messages on stderr")
     args = parser.parse_args(argv)
     if args.json and args.csv:
@@ -87,7 +90,8 @@ def options_from(args: argparse.Namespace) -> TracerOptions:
             family=4 if args.ipv4 else 6 if args.ipv6 else 0,
             local_ports=args.localport or frozenset(),
             remote_ports=args.remoteport or frozenset(),
-        )
+        ),
+        cgroup_path=args.cgroup,
     )
 
 

@@ -1,8 +1,9 @@
 """Load the session tracer into the kernel and read what it reports.
 
 Data flow: TracerOptions -> .rodata of the BPF object (set before load) ->
-kernel program on inet_sock_set_state -> ring buffer -> Session objects,
-and/or histograms folded in kernel maps (see folding.py).
+kernel program on the TCP stack's sock_ops callbacks (attached to the root of
+the cgroup v2 hierarchy) -> ring buffer -> Session objects, and/or histograms
+folded in kernel maps (see folding.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 
-from . import folding, preflight, ringbuf, session_table
+from . import cgroup, folding, preflight, rcu, ringbuf, session_table
 from .btf import Btf
 from .errors import TcplifeError
 from .layout import StructLayout
@@ -20,9 +21,7 @@ from .libbpf import BpfObject, RingBuffer, num_possible_cpus
 from .records import RecordDecoder, Session
 from .ringbuf import MappedRingBuffer
 
-PROGRAM = "inet_sock_set_state"
-# Catches the events the kernel skips while PROGRAM runs: attached after it.
-NESTED_PROGRAM = "inet_sock_set_state_nested"
+PROGRAM = "tcp_sessions"
 PORT_BITMAP_BYTES = 65536 // 8
 MAX_BOUNDS = 32  # bucket bounds per histogram: MAX_BOUNDS in bpf/tcplife.h
 
@@ -55,6 +54,7 @@ class TracerOptions:
     max_sessions: int = 65536  # concurrently open sessions tracked
     ringbuf_bytes: int = 4 << 20  # a power of two, at least a page
     wakeup_bytes: int = 64 << 10  # wake the reader once this much is waiting
+    cgroup_path: str | None = None  # None: the root of the host's cgroup v2 hierarchy
 
 
 def port_bitmap(ports: Iterable[int]) -> bytes:
@@ -93,26 +93,35 @@ def rodata_values(options: TracerOptions) -> dict[str, int | bytes]:
 class ProgramStats:
     run_time_ns: int  # counted only while kernel.bpf_stats_enabled is 1
     run_count: int
-    recursion_misses: int  # runs skipped: the program was already running on that CPU
 
 
 class SessionTracer:
-    """The BPF program attached, and its closed sessions handed to ``on_session``."""
+    """The BPF program attached, and its closed sessions handed to ``on_session``.
+
+    With ``replacing``, the new program takes the running one's place at once
+    (each callback runs exactly one of the two) and, if the table sizes agree,
+    its open-session table: sessions born under the old program keep their
+    birth. When the constructor returns, the old program has stopped running
+    and its maps hold its final values; the caller closes it.
+    """
 
     def __init__(
-        self, options: TracerOptions, on_session: Callable[[Session], None] | None = None
+        self, options: TracerOptions, on_session: Callable[[Session], None] | None = None,
+        replacing: SessionTracer | None = None,
     ) -> None:
         preflight.check_all()
         self._obj = BpfObject(bpf_object_path())
         self._ring: MappedRingBuffer | RingBuffer | None = None
         self._folded: folding.FoldedReader | None = None
+        self.options = options
         try:
-            self._setup(options, on_session)
+            self._setup(options, on_session, replacing)
         except BaseException:
             self.close()
             raise
 
-    def _setup(self, options: TracerOptions, on_session: Callable[[Session], None] | None) -> None:
+    def _setup(self, options: TracerOptions, on_session: Callable[[Session], None] | None,
+               replacing: SessionTracer | None) -> None:
         btf = Btf(self._obj.btf_ptr)
         decoder = RecordDecoder(btf)
         self._counter_ids = {
@@ -125,17 +134,24 @@ class SessionTracer:
         ring_bytes = options.ringbuf_bytes if options.emit_records else folding.RINGBUF_MIN_BYTES
         self._obj.set_max_entries("records", ring_bytes)
         folding.size_maps(self._obj, options.fold)
+        if replacing is not None and replacing.options.max_sessions == options.max_sessions:
+            for name in session_table.MAPS:
+                self._obj.reuse_map(name, replacing._obj.map_fd(name))
         self._obj.load()
         folding.fill_maps(self._obj, btf, options.fold)
         if options.fold is not None:
             self._folded = folding.FoldedReader(self._obj, btf, options.max_sessions)
-        self._obj.attach(PROGRAM)
-        self._obj.attach(NESTED_PROGRAM)
         if options.emit_records and on_session is not None:
             fd = self._obj.map_fd("records")
             deliver = lambda data: on_session(decoder.decode(data))  # noqa: E731
             self._ring = (MappedRingBuffer(fd, ring_bytes, deliver) if ringbuf.supported()
                           else RingBuffer(fd, deliver))
+        # Last: from here on the kernel runs this program.
+        if replacing is None:
+            self._obj.attach_cgroup(PROGRAM, options.cgroup_path or cgroup.hierarchy_root())
+        else:
+            self._obj.take_over_link(replacing._obj.hand_over_link(), PROGRAM)
+            rcu.wait_for_readers()  # runs of the old program still under way
 
     def _write_rodata(self, btf: Btf, values: dict[str, int | bytes]) -> None:
         data = self._obj.internal_map_data(".rodata")
@@ -163,14 +179,10 @@ class SessionTracer:
             raise TcplifeError("this tracer was started without folded metrics")
         return self._folded
 
-    def program_stats(self) -> dict[str, ProgramStats]:
-        """Run statistics of both programs, by name."""
-        stats = {}
-        for program in (PROGRAM, NESTED_PROGRAM):
-            info = self._prog_info.unpack(self._obj.program_info(program, self._prog_info.size))
-            stats[program] = ProgramStats(
-                info["run_time_ns"], info["run_cnt"], info["recursion_misses"])
-        return stats
+    def program_stats(self) -> ProgramStats:
+        """The program's run statistics."""
+        info = self._prog_info.unpack(self._obj.program_info(PROGRAM, self._prog_info.size))
+        return ProgramStats(info["run_time_ns"], info["run_cnt"])
 
     def counters(self) -> dict[str, int]:
         """The program's counters (enum counter in tcplife.h), summed over CPUs."""

@@ -35,7 +35,7 @@ def test_a_short_bench_run_completes_and_the_exporter_is_exact():
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert sysctl.read_text() == stats
-    assert re.search(r"Two do-nothing programs .*: \d\.\d+ \(", done.stdout), done.stdout
+    assert re.search(r"A do-nothing sock_ops program .*: \d\.\d+ \(", done.stdout), done.stdout
     row = re.search(r"\| sessions traced / expected \(all rounds\) \| ([\d,]+) / ([\d,]+) \|",
                     done.stdout)
     assert row and row.group(1) == row.group(2), done.stdout

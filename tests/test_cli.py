@@ -182,15 +182,22 @@ def test_unprivileged_user_gets_a_clear_message(readable_copy, command, name):
                           text=True, timeout=30)
     assert done.returncode == 1
     assert done.stderr.strip() == (
-        f"{name}: tracing TCP sessions needs root, or CAP_BPF and CAP_PERFMON; "
-        "this process lacks CAP_BPF and CAP_PERFMON")
+        f"{name}: tracing TCP sessions needs root, or CAP_BPF, CAP_PERFMON and "
+        "CAP_NET_ADMIN; this process lacks CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN")
 
 
-def test_bpf_and_perfmon_capabilities_are_enough(readable_copy):
-    with TcplifeProcess(["--json"], prefix=as_nobody("+bpf,+perfmon"),
+def test_bpf_perfmon_and_net_admin_capabilities_are_enough(readable_copy):
+    with TcplifeProcess(["--json"], prefix=as_nobody("+bpf,+perfmon,+net_admin"),
                         cwd=readable_copy) as proc:
         result = run_session(Plan(client_sends=3))
         assert proc.matching(result.client.lport, result.client.rport)
+
+
+def test_without_net_admin_the_message_names_it(readable_copy):
+    done = subprocess.run([*as_nobody("+bpf,+perfmon"), *TCPLIFE], cwd=readable_copy,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert done.stderr.strip().endswith("this process lacks CAP_NET_ADMIN"), done.stderr
 
 
 def in_mount_namespace(setup: str) -> list[str]:

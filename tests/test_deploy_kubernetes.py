@@ -40,7 +40,8 @@ EXPECTED_KINDS = {
     "ServiceMonitor": "monitoring.coreos.com/v1",
 }
 # What the pod may add to an empty capability set, and why (see daemonset.yaml).
-ALLOWED_CAPABILITIES = {"BPF": preflight.CAP_BPF, "PERFMON": preflight.CAP_PERFMON}
+ALLOWED_CAPABILITIES = {"BPF": preflight.CAP_BPF, "PERFMON": preflight.CAP_PERFMON,
+                        "NET_ADMIN": preflight.CAP_NET_ADMIN}
 MEASURED_RSS = 42 * 10**6  # bench/README.md: the exporter's RSS under churn
 COUNT = "tcplife_session_duration_seconds_count"
 PORT_LIMITED = "tcplife_exporter_port_limit_sessions_total"
@@ -85,13 +86,24 @@ def parsed_args():
     return build_parser().parse_args(container()["args"])
 
 
+def volume_of(mount: dict) -> dict:
+    (volume,) = [v for v in pod_spec()["volumes"] if v["name"] == mount["name"]]
+    return volume
+
+
 def config_volume() -> tuple[str, str, str]:
     """(mount path, ConfigMap name, file name in the mount) of the config volume."""
-    (mount,) = container()["volumeMounts"]
-    (volume,) = [v for v in pod_spec()["volumes"] if v["name"] == mount["name"]]
+    (mount,) = [m for m in container()["volumeMounts"] if "configMap" in volume_of(m)]
+    volume = volume_of(mount)
     (item,) = volume["configMap"]["items"]
     assert item["key"] == item["path"]  # the file is named after its key
     return mount["mountPath"], volume["configMap"]["name"], item["path"]
+
+
+def host_mounts() -> dict[str, str]:
+    """Mount path in the container -> path on the node, of every hostPath volume."""
+    return {m["mountPath"]: volume_of(m)["hostPath"]["path"]
+            for m in container()["volumeMounts"] if "hostPath" in volume_of(m)}
 
 
 def config_text() -> str:
@@ -289,10 +301,12 @@ def test_security_context_grants_only_what_the_exporter_needs():
     for host_namespace in ("hostNetwork", "hostPID", "hostIPC"):
         assert not spec.get(host_namespace), host_namespace
     assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
-    assert all("hostPath" not in volume for volume in spec["volumes"])
+    # One node path: the cgroup hierarchy the program attaches to, read-only.
+    assert list(host_mounts().values()) == ["/sys/fs/cgroup"]
+    assert parsed_args().cgroup_path in host_mounts()
     assert spec["automountServiceAccountToken"] is False
     assert objects()["ServiceAccount"]["automountServiceAccountToken"] is False
-    assert container()["volumeMounts"][0]["readOnly"] is True
+    assert all(mount["readOnly"] is True for mount in container()["volumeMounts"])
 
 
 def test_resources_have_requests_and_limits():
@@ -341,8 +355,9 @@ def pod_prefix() -> list[str]:
 
 
 def local_args(tmp_path: Path, port: int) -> list[str]:
-    """The manifest's args, with the ConfigMap's mount moved to tmp_path and the listen
-    address moved to a free IPv4 loopback port (19525 on all interfaces may be in use)."""
+    """The manifest's args, with the ConfigMap's mount moved to tmp_path, host paths
+    to where they are on this host, and the listen address moved to a free IPv4
+    loopback port (19525 on all interfaces may be in use)."""
     mount_path, _, key = config_volume()
     (tmp_path / key).write_text(config_text())
     args = []
@@ -352,6 +367,8 @@ def local_args(tmp_path: Path, port: int) -> list[str]:
             arg = f"{flag}=127.0.0.1:{port}"
         elif flag == "--config.file":
             arg = f"{flag}={given.replace(mount_path, str(tmp_path), 1)}"
+        elif given in host_mounts():
+            arg = f"{flag}={host_mounts()[given]}"
         args.append(arg)
     assert args != container()["args"] and len(args) == len(container()["args"])
     return args

@@ -28,8 +28,7 @@ def loaded_programs() -> set[int]:
 
 
 def programs_of(pid: int) -> set[int]:
-    """Ids of the programs a process holds (main and nested): its program and link fds
-    name them."""
+    """Ids of the programs a process holds: its program and link fds name them."""
     ids = set()
     for info in Path(f"/proc/{pid}/fdinfo").iterdir():
         with contextlib.suppress(OSError):  # an fd closed meanwhile
@@ -61,7 +60,7 @@ def test_sighup_keeps_the_old_config_when_the_new_one_is_bad(tmp_path):
     port = free_port(socket.AF_INET6)
     with ExporterProcess(config_for(port, 100), workdir=tmp_path) as exporter:
         first = programs_of(exporter.proc.pid)
-        assert len(first) == 2 and first <= loaded_programs()
+        assert len(first) == 1 and first <= loaded_programs()
         run_load(Load(port=port, count=2, server_addr="::1"))
         exporter.wait_until(lambda s: value(s, COUNT, direction="outbound", port=str(port),
                                             family="ipv6") == 2)
@@ -84,17 +83,42 @@ def test_sighup_keeps_the_old_config_when_the_new_one_is_bad(tmp_path):
         assert value(samples, COUNT, direction="outbound", port=str(port), family="ipv6") == 1
         assert le_values(samples) == {"200.0", "+Inf"}
         second = programs_of(exporter.proc.pid)
-        assert len(second) == 2 and not second & first
+        assert len(second) == 1 and not second & first
         assert unloaded(first)  # the old program is gone
         assert exporter.stop(signal.SIGTERM) == 0
     assert unloaded(second)
+
+
+def test_a_reload_that_keeps_the_buckets_continues_the_counters(tmp_path):
+    """The new program takes over the open sessions and the old one's totals:
+    a session open across the reload is folded once, with its lifespan."""
+    port = free_port(socket.AF_INET6)
+    config = config_for(port, 100)
+    with ExporterProcess(config, workdir=tmp_path) as exporter:
+        run_load(Load(port=port, count=3, server_addr="::1"))
+        listener = socket.create_server(("::1", port), family=socket.AF_INET6)
+        client = socket.create_connection(("::1", port))
+        server, _ = listener.accept()
+        exporter.wait_until(lambda s: value(s, COUNT, direction="outbound", port=str(port),
+                                            family="ipv6") == 3)
+        exporter.config_path.write_text(config + "limits: {max_label_sets: 999}\n")
+        exporter.proc.send_signal(signal.SIGHUP)
+        exporter.wait_until(lambda s: value(s, "tcplife_exporter_label_sets_limit") == 999)
+        for sock in (client, server, listener):
+            sock.close()
+        samples = exporter.wait_until(lambda s: value(
+            s, COUNT, direction="outbound", port=str(port), family="ipv6") == 4)
+    for direction in ("outbound", "inbound"):
+        assert value(samples, COUNT, direction=direction, port=str(port), family="ipv6") == 4
+    assert value(samples, "tcplife_exporter_sessions_birth_unseen_total") == 0
+    assert "folded counters go on" in exporter.stderr
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_stop_signals_detach_and_exit_zero(tmp_path, sig):
     with ExporterProcess(workdir=tmp_path) as exporter:
         held = programs_of(exporter.proc.pid)
-        assert len(held) == 2 and held <= loaded_programs()
+        assert len(held) == 1 and held <= loaded_programs()
         assert exporter.stop(sig) == 0
     assert unloaded(held)
     assert "Traceback" not in exporter.stderr

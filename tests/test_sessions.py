@@ -15,14 +15,23 @@ from .test_accuracy import assert_owned
 from .tracing import TcplifeProcess
 
 
-def test_session_opened_before_tcplife_started():
+def test_session_opened_under_an_earlier_tcplife_is_reported_without_a_lifespan():
+    """A socket keeps asking for state-change callbacks after the tcplife that
+    saw its birth exits: the next tcplife reports its close, birth unseen,
+    with exact bytes and the direction inferred from the socket's counters."""
+    first = TcplifeProcess(["--json"]).__enter__()
     started = {}
 
-    def start_tcplife() -> None:
+    def restart_tcplife() -> None:
+        first.stop()
         started["proc"] = TcplifeProcess(["--json"]).__enter__()
 
     plan = Plan(client_sends=777, server_sends=3333, pause=True)
-    result = run_session(plan, between=start_tcplife)
+    try:
+        result = run_session(plan, between=restart_tcplife)
+    finally:
+        if first.returncode is None:
+            first.stop()
     proc = started["proc"]
     try:
         (client,) = proc.matching(result.client.lport, result.client.rport)
@@ -36,6 +45,25 @@ def test_session_opened_before_tcplife_started():
         # Inferred from the socket's counters: only an active opener's SYN is acked.
         assert record["direction"] == direction, record
         assert_owned(record, end)  # both closed in their own context
+
+
+def test_session_opened_before_any_tracer_is_not_reported():
+    """Like bcc's tcplife: a session whose birth no program saw never asked for
+    callbacks, so it is not reported at all (not with a made-up lifespan)."""
+    started = {}
+
+    def start_tcplife() -> None:
+        started["proc"] = TcplifeProcess(["--json"]).__enter__()
+
+    result = run_session(Plan(client_sends=5, server_sends=7, pause=True), between=start_tcplife)
+    proc = started["proc"]
+    follow_up = run_session(Plan(client_sends=1))  # reported: the tracer is running
+    try:
+        assert proc.matching(follow_up.client.lport, follow_up.client.rport)
+        assert not proc.matching(result.client.lport, result.client.rport, timeout=0)
+        assert not proc.matching(result.server.lport, result.server.rport, timeout=0)
+    finally:
+        proc.stop()
 
 
 def _serve(listener: socket.socket, count: int, size: int) -> None:

@@ -249,7 +249,9 @@ def test_all_interfaces_means_ipv4_too_even_with_bindv6only(tmp_path):
         inside = ["ip", "netns", "exec", netns]
         subprocess.run([*inside, "ip", "link", "set", "lo", "up"], check=True)
         subprocess.run([*inside, "sysctl", "-qw", "net.ipv6.bindv6only=1"], check=True)
-        exporter = ExporterProcess(workdir=tmp_path, prefix=inside)
+        # ip netns exec mounts a fresh /sys: the cgroup2 hierarchy must be mounted again.
+        remount = ["sh", "-c", 'mount -t cgroup2 none /sys/fs/cgroup && exec "$@"', "sh"]
+        exporter = ExporterProcess(workdir=tmp_path, prefix=[*inside, *remount])
         exporter.argv[exporter.argv.index(f"127.0.0.1:{exporter.port}")] = f":{exporter.port}"
         with exporter:
             fetch = (f"import urllib.request as u; print(u.urlopen("
