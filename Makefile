@@ -5,6 +5,7 @@
 #   make test     installs what is missing, builds, and runs the whole test suite
 #   make bench    the same setup, then the cost-and-exactness benchmark (bench/)
 #   make soak     the same setup, then 10 minutes of churn with a scrape a second
+#   make stress   the same setup, then 50 trials of concurrent churn: every session folded?
 #   make install  the systemd service: /opt/tcplife-exporter, /etc/tcplife-exporter,
 #                 the unit (deploy/install.sh; INSTALL_ARGS for other directories)
 #   make uninstall  removes it again, keeping the config
@@ -20,7 +21,7 @@ BUILD_PACKAGES := clang llvm libbpf-dev libbpf1 gcc make python3-venv python3-pi
 # promtool), systemd (systemd-analyze), python3-seccomp (the unit's sandbox).
 TEST_PACKAGES := iproute2 bpftool openssl prometheus systemd python3-seccomp
 
-.PHONY: run tcplife test bench soak bpf deps test-deps venv lint clean install uninstall
+.PHONY: run tcplife test bench soak stress bpf deps test-deps venv lint clean install uninstall
 
 run: venv
 	$(VENV)/bin/tcplife-exporter --config.file config.example.yaml
@@ -37,6 +38,9 @@ bench: test-deps venv
 
 soak: test-deps venv
 	$(VENV)/bin/python bench/soak.py $(SOAK_ARGS)
+
+stress: test-deps venv
+	$(VENV)/bin/python bench/stress.py $(STRESS_ARGS)
 
 bpf: $(BPF_OBJ)
 

@@ -101,28 +101,31 @@ def test_ipv6_sessions_get_their_family(tmp_path):
 
 
 def test_unlisted_and_ephemeral_ports_fold_into_other(tmp_path, ports):
+    """Counted on the server side only (a local-port filter), so that other
+    traffic on the host cannot add to "other"."""
     listed, unlisted = ports
     low, high = ephemeral_port_range()
     ephemeral = next(p for p in range(high, low, -1) if _bindable(p))
-    config = f"ports: {{labelled: [{listed}], auto: false}}\n" + IPV6_ONLY
+    config = (f"ports: {{labelled: [{listed}], auto: false}}\n"
+              f"filters: {{local_ports: [{listed}, {unlisted}]}}\n")
     with ExporterProcess(config, workdir=tmp_path) as exporter:
         run_load(Load(port=listed, count=2, server_addr=V6))
         run_load(Load(port=unlisted, count=3, server_addr=V6))
         samples = exporter.wait_until(
-            lambda s: total(s, f"{DURATION}_count") == 10)
-    assert total(samples, f"{DURATION}_count", port="other") == 6
-    assert total(samples, f"{DURATION}_count", port=str(listed)) == 4
+            lambda s: total(s, f"{DURATION}_count") == 5)
+    assert total(samples, f"{DURATION}_count", port="other") == 3
+    assert total(samples, f"{DURATION}_count", port=str(listed)) == 2
     assert not select(samples, f"{DURATION}_count", port=str(unlisted))
 
-    with ExporterProcess("ports: {auto: true}\n" + IPV6_ONLY, workdir=tmp_path) as exporter:
+    config = f"ports: {{auto: true}}\nfilters: {{local_ports: [{ephemeral}, {listed}]}}\n"
+    with ExporterProcess(config, workdir=tmp_path) as exporter:
         run_load(Load(port=ephemeral, count=2, server_addr=V6))
         run_load(Load(port=listed, count=1, server_addr=V6))
-        samples = exporter.wait_until(lambda s: total(s, f"{DURATION}_count") == 6)
-    assert total(samples, f"{DURATION}_count", port="other") == 4
-    assert total(samples, f"{DURATION}_count", port=str(listed)) == 2
+        samples = exporter.wait_until(lambda s: total(s, f"{DURATION}_count") == 3)
+    assert total(samples, f"{DURATION}_count", port="other") == 2
+    assert total(samples, f"{DURATION}_count", port=str(listed)) == 1
     port_labels = {dict(lab)["port"] for lab in select(samples, f"{DURATION}_count")}
     assert str(ephemeral) not in port_labels
-    assert all(p in ("other", "overflow") or not low <= int(p) <= high for p in port_labels)
 
 
 def _bindable(port: int) -> bool:
@@ -135,45 +138,51 @@ def _bindable(port: int) -> bool:
 
 
 def test_label_set_cap_folds_the_rest_into_overflow(tmp_path, ports):
+    """Clients only (a remote-port filter), so that other traffic on the host
+    cannot take label sets: four client names, room for two."""
     port = ports[0]
     config = f"""
 ports: {{labelled: [{port}], auto: false}}
 labels: {{comm: true}}
 limits: {{max_label_sets: 2}}
-""" + IPV6_ONLY
+filters: {{remote_ports: [{port}]}}
+"""
     with ExporterProcess(config, workdir=tmp_path) as exporter:
         for name in (b"cap-a", b"cap-b", b"cap-c", b"cap-d"):
             run_load(Load(port=port, count=2, client_comm=name, server_comm=b"cap-srv",
                           server_addr=V6))
         samples = exporter.wait_until(
-            lambda s: total(s, f"{DURATION}_count") == 16)
-    assert total(samples, f"{DURATION}_count") == 16  # nothing lost
+            lambda s: total(s, f"{DURATION}_count") == 8)
+    assert total(samples, f"{DURATION}_count") == 8  # nothing lost
     overflow = total(samples, f"{DURATION}_count", port="overflow", comm="overflow")
     labelled = total(samples, f"{DURATION}_count") - overflow
-    # The first two label sets: the server's (all 8 inbound) and cap-a's outbound.
-    assert labelled == 10
-    assert value(samples, f"{DURATION}_count", direction="outbound", port=str(port),
-                 family="ipv6", comm="cap-a") == 2
-    assert overflow == 6
+    # The first two label sets: cap-a's and cap-b's.
+    assert labelled == 4
+    for name in ("cap-a", "cap-b"):
+        assert value(samples, f"{DURATION}_count", direction="outbound", port=str(port),
+                     family="ipv6", comm=name) == 2
+    assert overflow == 4
     assert value(samples, f"{DURATION}_count", direction="outbound", port="overflow",
-                 family="ipv6", comm="overflow") == 6
-    assert value(samples, "tcplife_exporter_series_overflow_sessions_total") == 6
+                 family="ipv6", comm="overflow") == 4
+    assert value(samples, "tcplife_exporter_series_overflow_sessions_total") == 4
     assert value(samples, "tcplife_exporter_label_sets") == 2
 
 
 def test_auto_port_limit_counts_what_it_folds(tmp_path):
+    """Clients only (a remote-port filter): no other port can take the one label."""
     first, second, third = (free_port(socket.AF_INET6) for _ in range(3))
-    config = "ports: {auto: true, auto_limit: 1}\n" + IPV6_ONLY
+    config = (f"ports: {{auto: true, auto_limit: 1}}\n"
+              f"filters: {{remote_ports: [{first}, {second}, {third}]}}\n")
     with ExporterProcess(config, workdir=tmp_path) as exporter:
         run_load(Load(port=first, count=2, server_addr=V6))
         run_load(Load(port=second, count=1, server_addr=V6))
         run_load(Load(port=third, count=1, server_addr=V6))
-        samples = exporter.wait_until(lambda s: total(s, f"{DURATION}_count") == 8)
+        samples = exporter.wait_until(lambda s: total(s, f"{DURATION}_count") == 4)
     # The first port seen takes the only label; the others fold into "other".
     counts = {dict(lab)["port"]: v for lab, v in select(samples, f"{DURATION}_count").items()
               if v}
-    assert counts[str(first)] == 2 and counts["other"] == 2
-    assert value(samples, "tcplife_exporter_port_limit_sessions_total") == 4
+    assert counts == {str(first): 2, "other": 2}
+    assert value(samples, "tcplife_exporter_port_limit_sessions_total") == 2
 
 
 def test_comm_label_survives_hostile_process_names(tmp_path, ports):
@@ -183,7 +192,8 @@ def test_comm_label_survives_hostile_process_names(tmp_path, ports):
     with ExporterProcess(config, workdir=tmp_path) as exporter:
         run_load(Load(port=port, count=2, client_comm=hostile, server_comm=b"plain",
                       server_addr=V6))
-        samples = exporter.wait_until(lambda s: total(s, f"{DURATION}_count") == 4)
+        samples = exporter.wait_until(
+            lambda s: total(s, f"{DURATION}_count", port=str(port)) == 4)
         text = exporter.scrape_text()
     comms = {dict(lab)["comm"] for lab in select(samples, f"{DURATION}_count", port=str(port))}
     assert comms == {'a"b\\c\nd}e\\xff{', "plain"}
@@ -278,17 +288,21 @@ def test_self_metrics_are_present(tmp_path):
 def test_no_records_are_emitted_when_nothing_consumes_them(tmp_path, ports):
     """The exporter keeps only a one-page ring buffer that nobody reads: were
     records emitted, it would fill after ~40 sessions and count drops."""
-    port = ports[0]
-    with ExporterProcess(IPV6_ONLY, workdir=tmp_path) as exporter:
-        loads = [Load(port=p, count=500, server_addr=V6)
-                 for p in (port, free_port(socket.AF_INET6))]
+    two = [ports[0], free_port(socket.AF_INET6)]
+    config = f"ports: {{labelled: [{two[0]}, {two[1]}], auto: false}}\n" + IPV6_ONLY
+
+    def folded(s) -> float:
+        return sum(total(s, f"{DURATION}_count", port=str(p)) for p in two)
+
+    with ExporterProcess(config, workdir=tmp_path) as exporter:
+        loads = [Load(port=p, count=500, server_addr=V6) for p in two]
         threads = [threading.Thread(target=run_load, args=(load,)) for load in loads]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        samples = exporter.wait_until(lambda s: total(s, f"{DURATION}_count") >= 2000)
-    assert total(samples, f"{DURATION}_count") == 2000
+        samples = exporter.wait_until(lambda s: folded(s) >= 2000)
+    assert folded(samples) == 2000
     assert value(samples, "tcplife_exporter_ringbuf_drops_total") == 0
 
 
@@ -388,23 +402,24 @@ def test_local_port_filter_never_tracks_the_other_outbound_sessions(tmp_path, po
 
 
 def test_the_session_table_holds_half_its_size_and_frees_its_slots(tmp_path, ports):
-    """Room for 64 sessions: 32 open at once (16 connections, both ends) are all
-    tracked, twice in a row, so closed sessions give their slots back."""
+    """Room for 32 sessions: 16 open at once (the server ends of 16 connections;
+    a local-port filter keeps other traffic out) are all tracked, twice in a
+    row, so closed sessions give their slots back."""
     port = ports[0]
-    config = "limits: {max_open_sessions: 64}\n" + IPV6_ONLY
+    config = f"limits: {{max_open_sessions: 32}}\nfilters: {{local_ports: [{port}]}}\n"
     with ExporterProcess(config, workdir=tmp_path) as exporter:
         listener = socket.create_server((V6, port), family=socket.AF_INET6, backlog=32)
         for round_ in (1, 2):
             clients = [socket.create_connection((V6, port)) for _ in range(16)]
             servers = [listener.accept()[0] for _ in clients]
             samples = exporter.wait_until(
-                lambda s: total(s, "tcplife_sessions_open") == 32)
-            assert total(samples, "tcplife_sessions_open") == 32
+                lambda s: total(s, "tcplife_sessions_open") == 16)
+            assert total(samples, "tcplife_sessions_open") == 16
             for sock in clients + servers:
                 sock.close()
             samples = exporter.wait_until(
-                lambda s, n=32 * round_: total(s, f"{DURATION}_count") == n)
-            assert total(samples, f"{DURATION}_count") == 32 * round_
+                lambda s, n=16 * round_: total(s, f"{DURATION}_count") == n)
+            assert total(samples, f"{DURATION}_count") == 16 * round_
             assert total(samples, "tcplife_sessions_open") == 0
         listener.close()
     assert value(samples, "tcplife_exporter_map_insert_failures_total", map="sessions") == 0

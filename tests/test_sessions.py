@@ -13,6 +13,7 @@ from collections import Counter
 from .peers import Plan, run_session
 from .test_accuracy import assert_owned
 from .tracing import TcplifeProcess
+from .traffic import Load, free_port, run_load
 
 
 def test_session_opened_under_an_earlier_tcplife_is_reported_without_a_lifespan():
@@ -176,3 +177,25 @@ def test_sessions_waiting_in_the_ring_are_printed_at_exit():
         port = _sessions_while_stopped(proc, count, signal.SIGINT, signal.SIGCONT)
     ours = [s for s in proc.sessions() if port in (s["lport"], s["rport"])]
     assert len(ours) == 2 * count
+
+
+def test_concurrent_churns_are_printed_exactly(tcplife):
+    """Eight IPv6 loopback churns with a thread per end: every session of their
+    ports is printed once, both ends, with its lifespan (closes arrive in
+    softirqs on top of whatever the CPUs run)."""
+    loads = [Load(port=free_port(socket.AF_INET6), count=500, server_addr="::1")
+             for _ in range(8)]
+    threads = [threading.Thread(target=run_load, args=(load,)) for load in loads]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ports = {load.port for load in loads}
+
+    def ours(found: list[dict]) -> list[dict]:
+        return [s for s in found if s["lport"] in ports or s["rport"] in ports]
+
+    printed = ours(tcplife.wait_for(lambda f: len(ours(f)) >= 8000, timeout=30))
+    assert len(printed) == 8000
+    assert all(s["birth_seen"] and s["established"] for s in printed)
+    assert Counter(s["direction"] for s in printed) == {"inbound": 4000, "outbound": 4000}
