@@ -8,10 +8,14 @@
 import argparse
 import signal
 import sys
-import time
+import threading
 
 from tcplife_exporter import cgroup
 from tcplife_exporter.libbpf import BpfObject
+
+# Set by SIGINT/SIGTERM. A flag, not KeyboardInterrupt: an exception raised while
+# libbpf calls back into Python (its log hook) would be swallowed by ctypes.
+stop = threading.Event()
 
 
 def attached(path: str, tracepoint: bool) -> BpfObject:
@@ -28,28 +32,23 @@ def main() -> None:
     parser.add_argument("object")
     parser.add_argument("--cycle", type=float, metavar="SECONDS")
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        if args.cycle is None:
-            obj = attached(args.object, tracepoint=False)
-            print("attached", file=sys.stderr, flush=True)
-            try:
-                signal.pause()
-            finally:
-                obj.close()
-        print("cycling", file=sys.stderr, flush=True)
-        cycles = 0
-        while True:
-            obj = attached(args.object, tracepoint=True)
-            try:
-                time.sleep(args.cycle)
-            finally:
-                obj.close()
-            cycles += 1
-            time.sleep(args.cycle)
-    except KeyboardInterrupt:
-        if args.cycle is not None:
-            print(f"cycles {cycles}", file=sys.stderr, flush=True)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    if args.cycle is None:
+        obj = attached(args.object, tracepoint=False)
+        print("attached", file=sys.stderr, flush=True)
+        stop.wait()
+        obj.close()
+        return
+    print("cycling", file=sys.stderr, flush=True)
+    cycles = 0
+    while not stop.is_set():
+        obj = attached(args.object, tracepoint=True)
+        stop.wait(args.cycle)
+        obj.close()
+        cycles += 1
+        stop.wait(args.cycle)
+    print(f"cycles {cycles}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

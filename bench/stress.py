@@ -20,11 +20,11 @@ Prints a line per trial and a summary; exits 1 unless every trial is exact.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -95,15 +95,16 @@ def trial(kind: str, listeners: int, sessions: int) -> dict:
         url = f"http://127.0.0.1:{listen}/metrics"
         argv = [*EXPORTER, "--config.file", str(config),
                 "--web.listen-address", f"127.0.0.1:{listen}"]
-        with tool_process(argv) as exporter:
+        with contextlib.ExitStack() as stack:
+            exporter = stack.enter_context(tool_process(argv))
             wait_until(lambda: "listening on" in exporter.stderr_text(), exporter,
                        "tcplife-exporter")
             halfway = threading.Event()
             beside = None
             if kind == "attach":
-                beside = subprocess.Popen(
+                beside = stack.enter_context(tool_process(
                     [sys.executable, str(BENCH / "attach_noop.py"), str(NOOP_OBJECT),
-                     "--cycle", "0.02"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+                     "--cycle", "0.02"]))
             if kind == "reload":
                 def reload() -> None:
                     halfway.wait()
@@ -116,7 +117,8 @@ def trial(kind: str, listeners: int, sessions: int) -> dict:
             cycles = 0
             if beside is not None:
                 beside.send_signal(signal.SIGINT)
-                cycles = int(beside.communicate(timeout=30)[1].split("cycles ")[-1] or 0)
+                beside.wait(timeout=30)
+                cycles = int(beside.stderr_text().split("cycles ")[-1])
             deadline = time.monotonic() + 10
             while True:
                 found = samples(scrape(url)[1], labels)

@@ -375,7 +375,7 @@ static __always_inline int owner_seen(const struct sock *sk, __u64 key)
 		return 0;
 	}
 	/*
-	 * Opened before the tracer: keep at least who closes it, if the close will
+	 * Born under an earlier program: keep at least who closes it, if the close will
 	 * be reported at all (a slot held for nothing could crowd out others).
 	 */
 	if (!selected(wire_family(sk), sk->__sk_common.skc_num,
@@ -418,7 +418,7 @@ static __always_inline void payload_bytes(const struct sock *sk, const struct tc
 		received--;
 
 	/*
-	 * Opened before the tracer: with no retransmission and everything
+	 * Born under an earlier program: with no retransmission and everything
 	 * acknowledged, payload sent equals bytes_sent, so one more acked
 	 * sequence number can only be our SYN.
 	 */

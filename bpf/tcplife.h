@@ -10,7 +10,7 @@
 #define TASK_COMM_LEN 16
 
 enum direction {
-	DIRECTION_UNKNOWN = 0,	/* opened before the tracer and not inferable */
+	DIRECTION_UNKNOWN = 0,	/* born under an earlier program, not inferable */
 	DIRECTION_INBOUND = 1,	/* passive open: a listener accepted it */
 	DIRECTION_OUTBOUND = 2,	/* active open: connect() */
 };

@@ -185,7 +185,7 @@ class FoldedReader:
         found = []
         for session in self._sessions.sessions():
             if not session["birth_ns"]:
-                continue  # opened before load, seen only while closing
+                continue  # born under an earlier program, seen only while closing
             family = session["family"]
             found.append(OpenSession(
                 direction=self._direction(session["direction"]),
