@@ -85,4 +85,9 @@ struct tcp_sock {
 	__u64 bytes_retrans;
 } __attribute__((preserve_access_index));
 
+struct task_struct {
+	int tgid;
+	char comm[16];
+} __attribute__((preserve_access_index));
+
 #endif /* TCPLIFE_KERNEL_H */

@@ -264,10 +264,29 @@ static __always_inline bool in_owner_context(const struct sock *sk)
 	return sk->sk_lock.owned;
 }
 
+/*
+ * The running task, read through its BTF: sock_ops programs may not call
+ * bpf_get_current_pid_tgid() on Linux 6.1 nor bpf_get_current_comm() on
+ * 6.12 (the verifier refuses both there: seen on Debian's kernels), while
+ * bpf_get_current_task_btf() is open to them. Only meaningful where
+ * in_owner_context() holds: the owner is the running task then.
+ */
+static __always_inline __u32 running_tgid(void)
+{
+	return bpf_get_current_task_btf()->tgid;
+}
+
+static __always_inline void running_owner(__u32 *pid, char *comm)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+
+	*pid = task->tgid;
+	bpf_probe_read_kernel(comm, TASK_COMM_LEN, task->comm);
+}
+
 static __always_inline void remember_owner(struct session *s)
 {
-	s->pid = bpf_get_current_pid_tgid() >> 32;
-	bpf_get_current_comm(s->comm, sizeof(s->comm));
+	running_owner(&s->pid, s->comm);
 }
 
 /* The family on the wire: a dual-stack socket with an IPv4 peer counts as 4. */
@@ -381,7 +400,7 @@ static __always_inline int owner_seen(const struct sock *sk, __u64 key)
 	if (!selected(wire_family(sk), sk->__sk_common.skc_num,
 		      bpf_ntohs(sk->__sk_common.skc_dport)))
 		return 0;
-	if (filter_tgid && (bpf_get_current_pid_tgid() >> 32) != filter_tgid)
+	if (filter_tgid && running_tgid() != filter_tgid)
 		return 0;
 	s = session_at(session_claim(key));
 	if (!s) {
@@ -480,8 +499,7 @@ static __always_inline void describe(const struct sock *sk, const struct tcp_soc
 		}
 	}
 	if (need_owner && !r->pid && in_owner_context(sk)) {
-		r->pid = bpf_get_current_pid_tgid() >> 32;
-		bpf_get_current_comm(r->comm, sizeof(r->comm));
+		running_owner(&r->pid, r->comm);
 	}
 	if (need_addresses)
 		copy_addresses(sk, r);
@@ -503,13 +521,20 @@ static __always_inline __u32 bucket_of(const volatile __u64 *bounds, __u32 nboun
 	return low < HIST_SLOTS ? low : MAX_BOUNDS;
 }
 
+/*
+ * Listed ports always have their own label, in both modes, and never take an
+ * automatic slot; in automatic mode other ports take the free slots, first
+ * come first served.
+ */
 static __always_inline __u16 port_label(__u16 port)
 {
 	__u8 one = 1;
 	long err;
 
+	if (port_in(port_label_bitmap, port))
+		return port;
 	if (!auto_port_labels)
-		return port_in(port_label_bitmap, port) ? port : 0;
+		return 0;
 	if (port >= ephemeral_low && port <= ephemeral_high)
 		return 0;
 	if (bpf_map_lookup_elem(&labelled_ports, &port))
@@ -643,7 +668,7 @@ static __always_inline int session_closed(const struct sock *sk, __u64 key, int 
 	if (filter_tgid) {
 		pid = s ? s->pid : 0;
 		if (!pid && in_owner_context(sk))
-			pid = bpf_get_current_pid_tgid() >> 32;
+			pid = running_tgid();
 		if (pid != filter_tgid)
 			goto forget;
 	}

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import logging
+import mmap
 import os
 from collections.abc import Callable
 from ctypes import (
@@ -75,6 +77,9 @@ _PROTOTYPES: list[tuple[str, object, list[object]]] = [
 ]
 
 
+_VERIFIER_LOG = "-- BEGIN PROG LOAD LOG --"
+
+
 class LibbpfLog:
     """libbpf's messages since the last ``clear()``, warnings and info only."""
 
@@ -84,6 +89,9 @@ class LibbpfLog:
     def clear(self) -> None:
         self.lines = []
 
+    def has_verifier_log(self) -> bool:
+        return any(_VERIFIER_LOG in line for line in self.lines)
+
     def tail(self, count: int = 5) -> str:
         """The last messages on one line; a verifier log shrinks to its verdict."""
         return "; ".join(_one_line(line) for line in self.lines[-count:])
@@ -91,7 +99,7 @@ class LibbpfLog:
 
 def _one_line(message: str) -> str:
     lines = [line.strip() for line in message.splitlines() if line.strip()]
-    if "-- BEGIN PROG LOAD LOG --" in message:
+    if _VERIFIER_LOG in message:
         body = [line for line in lines if not line.startswith(("--", "processed", "libbpf:"))]
         verdict = body[-1] if body else "no verifier output"
         return f"{lines[0]} verifier: {verdict} (the whole log: --log.level debug)"
@@ -101,14 +109,20 @@ def _one_line(message: str) -> str:
 libbpf_log = LibbpfLog()
 _lib: ctypes.CDLL | None = None
 _libc = ctypes.CDLL(None)
-_libc.vsnprintf.argtypes = [c_char_p, c_size_t, c_char_p, c_void_p]
+_libc.vsnprintf.argtypes = [c_void_p, c_size_t, c_char_p, c_void_p]
+# A verifier log comes as one message, its verdict at the end, up to libbpf's
+# largest log buffer (16 MiB). Anonymous pages become resident only as a
+# message fills them.
+_MESSAGE_BYTES = 16 << 20
+_message = mmap.mmap(-1, _MESSAGE_BYTES)
+_message_address = ctypes.addressof(ctypes.c_char.from_buffer(_message))
 
 
 @_PrintFn
 def _on_libbpf_print(level: int, fmt: bytes, args: int) -> int:
-    buf = ctypes.create_string_buffer(2048)
-    _libc.vsnprintf(buf, len(buf), fmt, args)
-    line = buf.value.decode(errors="replace").rstrip("\n")
+    length = _libc.vsnprintf(_message_address, _MESSAGE_BYTES, fmt, args)
+    raw = ctypes.string_at(_message_address, max(min(length, _MESSAGE_BYTES - 1), 0))
+    line = raw.decode(errors="replace").rstrip("\n")
     log.debug("%s", line)
     if level <= _LIBBPF_INFO:
         libbpf_log.lines.append(line)
@@ -144,7 +158,6 @@ def _load() -> ctypes.CDLL:
     return handle
 
 
-_ENOENT, _ENOSPC = 2, 28
 # BPF_MAP_TYPE_PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH (include/uapi/linux/bpf.h).
 _PERCPU_MAP_TYPES = {5, 6, 10}
 
@@ -188,7 +201,7 @@ class RingBuffer:
         count = lib().ring_buffer__poll(self._ptr, timeout_ms)
         if count == 0:
             count = lib().ring_buffer__consume(self._ptr)
-        if count < 0 and count != -4:  # -EINTR: a signal arrived; not an error
+        if count < 0 and count != -errno.EINTR:  # a signal arrived; not an error
             raise TcplifeError(f"reading the ring buffer failed: {errno_text(count)}")
         return max(count, 0)
 
@@ -250,7 +263,8 @@ class BpfObject:
         err = self._lib.bpf_object__load(self._ptr)
         if err == 0:
             return
-        if -err in (1, 13):  # EPERM, EACCES
+        # EACCES is also the verifier's answer to a program it refuses: then there is a log.
+        if -err in (errno.EPERM, errno.EACCES) and not libbpf_log.has_verifier_log():
             raise TcplifeError(
                 "the kernel refused to load the BPF program (permission denied): "
                 "run as root or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"
@@ -356,10 +370,10 @@ class BpfObject:
                 ctypes.byref(count), None,
             )
             code = ctypes.get_errno() if err else 0
-            if code == _ENOSPC:  # one hash bucket holds more than `chunk` entries
+            if code == errno.ENOSPC:  # one hash bucket holds more than `chunk` entries
                 chunk *= 2
                 continue
-            if code not in (0, _ENOENT):
+            if code not in (0, errno.ENOENT):
                 raise TcplifeError(f"reading map {map_name} failed: {errno_text(code)}")
             raw_keys, raw_values = keys.raw, values.raw
             entries.extend(
@@ -367,7 +381,7 @@ class BpfObject:
                  raw_values[i * value_size : (i + 1) * value_size])
                 for i in range(count.value)
             )
-            if code == _ENOENT:  # that was the last batch
+            if code == errno.ENOENT:  # that was the last batch
                 return entries
             ctypes.memmove(token_in, token_out, len(token_out))
             first = False
