@@ -8,6 +8,12 @@ and the consumer position is published once per batch.
 
 The reads rely on x86-64's ordering of loads (a record's header is read
 before its body); other architectures use libbpf's consumer (libbpf.py).
+
+Positions and headers are read and written as whole 64- and 32-bit words
+(memoryview items: one memcpy of the item's size, one instruction). The
+kernel reads the consumer position at every reservation; struct.pack_into
+would zero the word before writing it byte by byte, and a reservation
+that saw that zero took the ring for full and dropped its record.
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ from __future__ import annotations
 import mmap
 import platform
 import select
-import struct
 from collections.abc import Callable
 
 from .errors import TcplifeError
@@ -23,8 +28,6 @@ from .errors import TcplifeError
 _BUSY = 1 << 31  # BPF_RINGBUF_BUSY_BIT: reserved, not committed yet
 _DISCARD = 1 << 30  # BPF_RINGBUF_DISCARD_BIT
 _HEADER = 8  # BPF_RINGBUF_HDR_SZ
-_POSITION = struct.Struct("=Q")
-_LENGTH = struct.Struct("=I")
 _PUBLISH_EVERY = 256  # records: hand space back to the producers now and then
 
 
@@ -46,7 +49,10 @@ class MappedRingBuffer:
                                        mmap.PROT_READ, offset=page)
         except OSError as err:
             raise TcplifeError(f"cannot map the ring buffer: {err.strerror}") from None
+        self._consumer_position = memoryview(self._consumer).cast("Q")
+        self._producer_position = memoryview(self._producer).cast("Q")
         self._view = memoryview(self._producer)
+        self._lengths = self._view.cast("I")  # record headers: 8-byte aligned
         self._data = page
         self._mask = size - 1
         self._on_record = on_record
@@ -62,13 +68,15 @@ class MappedRingBuffer:
         return self.consume()
 
     def consume(self) -> int:
-        consumer = _POSITION.unpack_from(self._consumer, 0)[0]
-        producer = _POSITION.unpack_from(self._producer, 0)[0]
-        view, data, mask, deliver = self._view, self._data, self._mask, self._on_record
+        published = self._consumer_position
+        consumer = published[0]
+        producer = self._producer_position[0]
+        view, lengths, data, mask = self._view, self._lengths, self._data, self._mask
+        deliver = self._on_record
         count = 0
         while consumer < producer:
             start = data + (consumer & mask)
-            length = _LENGTH.unpack_from(view, start)[0]
+            length = lengths[start // 4]
             if length & _BUSY:
                 break  # the producer is still writing it
             size = length & ~(_BUSY | _DISCARD)
@@ -77,14 +85,16 @@ class MappedRingBuffer:
             consumer += (size + _HEADER + 7) & ~7
             count += 1
             if count % _PUBLISH_EVERY == 0:
-                _POSITION.pack_into(self._consumer, 0, consumer)
-        _POSITION.pack_into(self._consumer, 0, consumer)
+                published[0] = consumer
+        published[0] = consumer
         return count
 
     def close(self) -> None:
         if self._epoll is not None:
             self._epoll.close()
-            self._view.release()
+            for view in (self._lengths, self._view, self._producer_position,
+                         self._consumer_position):
+                view.release()
             self._producer.close()
             self._consumer.close()
             self._epoll = None
