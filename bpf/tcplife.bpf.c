@@ -623,24 +623,11 @@ static __always_inline void fold(const struct session_record *r)
 	__sync_fetch_and_add(&into->received[slot], 1);
 }
 
-/*
- * A reservation can fail with room to spare: seen on Linux 6.18, one record
- * in 100,000 to 300,000 at full churn on a 2-vCPU VM with the reader keeping
- * up (the ring's lock is a resilient spinlock, which may give up; its use in
- * the ring buffer was once reverted for such trouble). Such failures come
- * alone or in short runs: two tries still lost 2-3 records per million, eight
- * lost none in the runs measured (bench/README.md). A full ring fails all
- * eight, at about 50 ns each.
- */
-#define RINGBUF_TRIES 8
-
+/* A full ring refuses the record: the reader fell behind. Counted, never retried. */
 static __always_inline void emit(struct session_record *r)
 {
-	for (int i = 0; i < RINGBUF_TRIES; i++) {
-		if (!bpf_ringbuf_output(&records, r, sizeof(*r), wakeup_flag(sizeof(*r))))
-			return;
-	}
-	count(COUNTER_RINGBUF_DROPS);
+	if (bpf_ringbuf_output(&records, r, sizeof(*r), wakeup_flag(sizeof(*r))))
+		count(COUNTER_RINGBUF_DROPS);
 }
 
 static __always_inline int session_closed(const struct sock *sk, __u64 key, int oldstate)
