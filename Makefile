@@ -21,7 +21,7 @@ BUILD_PACKAGES := clang llvm libbpf-dev libbpf1 gcc make python3-venv python3-pi
 # promtool), systemd (systemd-analyze), python3-seccomp (the unit's sandbox).
 TEST_PACKAGES := iproute2 bpftool openssl prometheus systemd python3-seccomp
 
-.PHONY: run tcplife test bench soak stress bpf deps test-deps venv lint clean install uninstall
+.PHONY: run tcplife test bench soak stress bpf deps test-deps venv test-venv lint clean install uninstall
 
 run: venv
 	$(VENV)/bin/tcplife-exporter --config.file config.example.yaml
@@ -29,17 +29,17 @@ run: venv
 tcplife: venv
 	$(VENV)/bin/tcplife
 
-test: test-deps venv
+test: test-deps test-venv
 	$(VENV)/bin/ruff check tcplife_exporter tests bench setup.py
 	$(VENV)/bin/pytest -v tests
 
-bench: test-deps venv
+bench: test-deps test-venv
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
-soak: test-deps venv
+soak: test-deps test-venv
 	$(VENV)/bin/python bench/soak.py $(SOAK_ARGS)
 
-stress: test-deps venv
+stress: test-deps test-venv
 	$(VENV)/bin/python bench/stress.py $(STRESS_ARGS)
 
 bpf: $(BPF_OBJ)
@@ -71,8 +71,13 @@ test-deps: deps
 		echo "stopped and disabled prometheus.service: installed for the tests only" \
 		|| true;)
 
+# Running needs the package and its dependencies; tests, bench and soak add
+# pytest, hypothesis and ruff to the same environment.
 venv: deps $(BPF_OBJ)
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -e .
+
+test-venv: venv
 	$(VENV)/bin/pip install -q -e '.[test]'
 
 install: deps
@@ -81,7 +86,7 @@ install: deps
 uninstall:
 	sh deploy/install.sh --uninstall $(INSTALL_ARGS)
 
-lint: venv
+lint: test-venv
 	$(VENV)/bin/ruff check tcplife_exporter tests bench setup.py
 
 clean:

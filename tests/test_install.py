@@ -1,4 +1,5 @@
-"""A built wheel carries the compiled BPF program and runs without the source tree."""
+"""A built wheel carries the compiled BPF program and runs without the source tree; the
+Makefile's run path installs only what running needs."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import json
 import subprocess
 import sys
 import zipfile
+
+import pytest
 
 from .peers import Plan, run_session
 from .tracing import REPO, TcplifeProcess
@@ -38,3 +41,16 @@ def test_wheel_ships_the_bpf_object_and_runs(tmp_path):
         result = run_session(Plan(client_sends=11, server_sends=22))
         (record,) = proc.matching(result.client.lport, result.client.rport)
     assert (record["tx_bytes"], record["rx_bytes"]) == (11, 22), json.dumps(record)
+
+
+@pytest.mark.parametrize("target", ["run", "tcplife"])
+def test_the_run_path_installs_only_what_running_needs(target, tmp_path):
+    """make run and make tcplife install the package, not the test toolchain
+    (pytest, hypothesis, ruff); make test does."""
+    def pip_lines(goal: str) -> list[str]:
+        planned = subprocess.run(["make", "-n", goal, f"VENV={tmp_path / 'venv'}"], cwd=REPO,
+                                 capture_output=True, text=True, check=True).stdout
+        return [line for line in planned.splitlines() if "pip install" in line]
+
+    assert pip_lines(target) and not any("[test]" in line for line in pip_lines(target))
+    assert any("[test]" in line for line in pip_lines("test"))
