@@ -6,7 +6,8 @@ import argparse
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 from .errors import TcplifeError
 from .formats import Formatter, OutputStyle
@@ -120,6 +121,7 @@ def trace(args: argparse.Namespace) -> int:
         header = formatter.header()
         if header:
             print(header, flush=True)
+        losses = LossReport()
         while True:
             stopping = _Stop.requested
             tracer.poll(0 if stopping else 100)  # when stopping: drain what is left
@@ -130,19 +132,45 @@ def trace(args: argparse.Namespace) -> int:
                 batch.clear()
             if stopping:
                 break
-        report_losses(tracer.counters())
+            losses.as_they_happen(tracer.counters)
+        losses.in_all(tracer.counters())
     return 0
 
 
-def report_losses(lost: dict[str, int]) -> None:
-    reasons = {
-        "ringbuf_drops": "not printed because the ring buffer was full",
-        "session_map_full": "not tracked because the session table was full",
-        "close_unseen": "never printed: their close was not seen",
-    }
-    for name, count in lost.items():
-        if count and name in reasons:
-            print(f"tcplife: {count} sessions {reasons[name]}", file=sys.stderr)
+LOSS_REASONS = {
+    "ringbuf_drops": "not printed because the ring buffer was full",
+    "session_map_full": "not tracked because the session table was full",
+    "close_unseen": "never printed: their close was not seen",
+}
+
+
+class LossReport:
+    """Sessions the tool could not print, on stderr: as they happen (at most a
+    line per reason a second), and in all at exit."""
+
+    INTERVAL_S = 1.0
+
+    def __init__(self) -> None:
+        self._told: dict[str, int] = {}
+        self._next = time.monotonic() + self.INTERVAL_S
+
+    def as_they_happen(self, counters: Callable[[], dict[str, int]]) -> None:
+        if time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + self.INTERVAL_S
+        for name, count in counters().items():
+            more = count - self._told.get(name, 0)
+            if more > 0 and name in LOSS_REASONS:
+                print(f"tcplife: lost {more} more sessions ({LOSS_REASONS[name]}; "
+                      f"{count} so far)", file=sys.stderr, flush=True)
+                self._told[name] = count
+
+    @staticmethod
+    def in_all(counters: dict[str, int]) -> None:
+        logging.debug("program counters: %s", counters)  # --verbose
+        for name, count in counters.items():
+            if count and name in LOSS_REASONS:
+                print(f"tcplife: {count} sessions {LOSS_REASONS[name]}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

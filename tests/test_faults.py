@@ -21,7 +21,8 @@ from .traffic import build_churn
 
 def test_a_stalled_tcplife_reports_exactly_what_the_full_ring_dropped(tmp_path):
     """tcplife stopped (SIGSTOP) while an IPv6 churn closes far more sessions than the
-    4 MB ring holds: printed + reported dropped = traced, once it runs again."""
+    ring holds: the loss is told within a second of running again, and at exit
+    printed + reported dropped = traced."""
     churn = build_churn(tmp_path)
     with TcplifeProcess(["-6", "--json"]) as tcplife:
         tcplife.proc.send_signal(signal.SIGSTOP)
@@ -36,10 +37,16 @@ def test_a_stalled_tcplife_reports_exactly_what_the_full_ring_dropped(tmp_path):
         while len(tcplife.lines) != drained:  # what the ring kept, until no more comes
             drained = len(tcplife.lines)
             time.sleep(0.5)
+        told = time.monotonic() + 3
+        while "tcplife: lost" not in tcplife.stderr and time.monotonic() < told:
+            time.sleep(0.1)
+        live = re.search(r"tcplife: lost (\d+) more sessions \(not printed because the ring "
+                         r"buffer was full; (\d+) so far\)", tcplife.stderr)
+        assert live, tcplife.stderr  # told while running, not only at exit
         assert tcplife.stop(signal.SIGINT) == 0
     printed = len(tcplife.lines)
-    dropped = re.search(r"tcplife: (\d+) sessions not printed because the ring buffer was full",
-                        tcplife.stderr)
+    dropped = re.search(r"tcplife: (\d+) sessions not printed because the ring buffer was full$",
+                        tcplife.stderr, re.M)
     assert result["failures"] == 0
     assert dropped, tcplife.stderr  # the ring (~40,000 records) did fill: 3 s of churn
     assert printed + int(dropped.group(1)) == expected, (printed, dropped.group(0), expected)
