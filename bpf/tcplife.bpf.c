@@ -587,7 +587,11 @@ static __always_inline struct series *series_of(struct series_key *key)
 		count(COUNTER_SERIES_MAP_FULL);
 		return NULL;
 	}
-	return bpf_map_lookup_elem(&series, key);
+	found = bpf_map_lookup_elem(&series, key);
+	/* This CPU's copy; the others stay zero (the reader takes the largest). */
+	if (found && !err)
+		found->created_ns = bpf_ktime_get_ns();
+	return found;
 }
 
 static __always_inline void fold(const struct session_record *r)

@@ -91,6 +91,7 @@ struct series {
 	__u64 duration_sum_ns;
 	__u64 sent_sum;
 	__u64 received_sum;
+	__u64 created_ns;		/* CLOCK_MONOTONIC time of the first fold, on one CPU */
 	__u64 duration[HIST_SLOTS];	/* nanoseconds */
 	__u64 sent[HIST_SLOTS];		/* payload bytes */
 	__u64 received[HIST_SLOTS];

@@ -18,11 +18,19 @@ from .yamlfile import Node, YamlReader, read_text
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
+# Lifespans (config.example.yaml says why): requests up to 1 s in 1-2.5-5 steps,
+# idle and keep-alive timeouts from 1 s to 10 min in steps of 1.3 to 2.5, then
+# pools and streams up to a day.
 DEFAULT_DURATION_BOUNDS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 3600,
+    1, 2, 5, 10, 15, 20, 30, 60, 90, 120, 300, 600, 1800, 3600, 7200, 86400,
 )
-DEFAULT_BYTES_BOUNDS = tuple(64 * 4**i for i in range(13))  # 64 B .. 1 GiB
+# Payload bytes: 0 alone (connected, nothing sent: probes, health checks), then
+# 1-2-5 steps from 100 B to 10 MB, then x10 to 1 GB.
+DEFAULT_BYTES_BOUNDS = (
+    0, 100, 200, 500, 1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000,
+    1_000_000, 2_000_000, 5_000_000, 10_000_000, 100_000_000, 1_000_000_000,
+)
 # Label values the exporter itself uses; a network may not take them.
 RESERVED_NETWORK_NAMES = ("other", "overflow")
 MAX_NETWORK_CIDRS = 4096
@@ -75,7 +83,7 @@ def _seconds(reader: YamlReader, node: Node) -> float:
 
 
 def _byte_count(reader: YamlReader, node: Node) -> int:
-    return reader.integer(node, 1, 2**63 - 1)
+    return reader.integer(node, 0, 2**63 - 1)
 
 
 def load_config(path: str) -> ExporterConfig:

@@ -23,7 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from .config import ExporterConfig, load_config
 from .errors import TcplifeError
-from .folding import FoldOptions, Series, ephemeral_port_range
+from .folding import FAMILIES, FoldOptions, Series, ephemeral_port_range
 from .metrics import session_families
 from .tracer import ProgramStats, SessionTracer, TracerOptions
 
@@ -77,6 +77,7 @@ def fold_options(config: ExporterConfig) -> FoldOptions:
         comm_label=config.comm_label,
         networks=config.remote_networks,
         max_label_sets=config.max_label_sets,
+        families=(config.filter.family,) if config.filter.family else FAMILIES,
     )
 
 
@@ -179,7 +180,8 @@ class Exporter:
             reader = loaded.tracer.folded()
             series = reader.series()
             families = session_families(loaded.fold, self._carried.series + series,
-                                        reader.open_sessions(), reader.auto_labelled_ports())
+                                        reader.open_sessions(), reader.auto_labelled_ports(),
+                                        reader.loaded_ns)
             counters = self._carried.with_counters(loaded.tracer.counters())
             stats = loaded.tracer.program_stats()
         yield from families

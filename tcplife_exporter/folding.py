@@ -9,6 +9,7 @@ plain Python values at scrape time, in batches.
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Union
@@ -39,6 +40,7 @@ class FoldOptions:
     # The network's position in this tuple + 1 is its index in the kernel.
     networks: tuple[tuple[str, tuple[IPNetwork, ...]], ...]
     max_label_sets: int
+    families: tuple[int, ...] = FAMILIES  # the ones the filters let through
 
     def same_series_as(self, other: FoldOptions) -> bool:
         """Whether series folded under ``other`` mean the same here: same
@@ -111,12 +113,15 @@ def fill_maps(obj: BpfObject, btf: Btf, options: FoldOptions | None) -> None:
     key_layout = StructLayout(btf, "series_key")
     directions = btf.enum("direction")
     _key_size, value_size = obj.map_sizes("series")
+    # At zero from now on: created now (on the first CPU's copy, as the kernel does).
+    created = StructLayout(btf, "series").pack(created_ns=time.monotonic_ns())
+    value = created + bytes(value_size - len(created))
     for direction in DIRECTIONS:
         for family in FAMILIES:
             key = key_layout.pack(
                 direction=directions[f"DIRECTION_{direction.upper()}"], family=family, overflow=1
             )
-            obj.update("series", key, bytes(value_size))
+            obj.update("series", key, value)
 
 
 @dataclass
@@ -133,6 +138,7 @@ class Series:
     duration_sum_ns: int
     sent_sum: int
     received_sum: int
+    created_ns: int  # CLOCK_MONOTONIC time of the first fold; 0 if not known yet
     duration: list[int]
     sent: list[int]
     received: list[int]
@@ -150,6 +156,7 @@ class FoldedReader:
     """Reads the kernel's folded series and open sessions at scrape time."""
 
     def __init__(self, obj: BpfObject, btf: Btf, max_sessions: int) -> None:
+        self.loaded_ns = time.monotonic_ns()  # the program folds from about now
         self._obj = obj
         self._key = StructLayout(btf, "series_key")
         self._value = StructLayout(btf, "series")
@@ -167,6 +174,7 @@ class FoldedReader:
             per_cpu = [self._value.unpack(raw_value, cpu * self._stride)
                        for cpu in range(self._cpus)]
             totals = {name: sum(v[name] for v in per_cpu) for name in self._summed}
+            totals["created_ns"] = max(v["created_ns"] for v in per_cpu)  # set on one CPU
             for name in self._histograms:
                 totals[name] = [sum(column) for column in zip(*(v[name] for v in per_cpu))]
             found.append(Series(

@@ -9,6 +9,7 @@ sets that render the same are merged, never emitted twice.
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -18,14 +19,18 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-from .folding import FoldOptions, OpenSession, Series
+from .folding import DIRECTIONS, FoldOptions, OpenSession, Series
 
 OTHER = "other"
 OVERFLOW = "overflow"
 UNKNOWN_COMM = "unknown"
 _FAMILY_NAMES = {4: "ipv4", 6: "ipv6"}
+# Kernel times are CLOCK_MONOTONIC; `_created` is Unix time. Fixed once, so that
+# a series' creation time reads the same at every scrape.
+_MONOTONIC_TO_UNIX_NS = time.time_ns() - time.monotonic_ns()
 
 
 @dataclass
@@ -36,15 +41,32 @@ class _Folded:
     duration_sum: int = 0  # nanoseconds
     sent_sum: int = 0
     received_sum: int = 0
+    created_ns: int = 0  # CLOCK_MONOTONIC: since when these counters count; 0: unknown
     duration: list[int] | None = None
     sent: list[int] | None = None
     received: list[int] | None = None
+
+    def at_zero_since(self, created_ns: int, duration_slots: int, bytes_slots: int) -> None:
+        """Exposed, at zero where nothing was folded yet, since ``created_ns``."""
+        self.duration = self.duration or [0] * duration_slots
+        self.sent = self.sent or [0] * bytes_slots
+        self.received = self.received or [0] * bytes_slots
+        self._created_at(created_ns)
+
+    def _created_at(self, created_ns: int) -> None:
+        if created_ns and (not self.created_ns or created_ns < self.created_ns):
+            self.created_ns = created_ns
+
+    def created_seconds(self) -> float | None:
+        """The creation time as Unix time, if known."""
+        return (self.created_ns + _MONOTONIC_TO_UNIX_NS) / 1e9 if self.created_ns else None
 
     def add(self, series: Series) -> None:
         self.failed_handshakes += series.failed_handshakes
         self.duration_sum += series.duration_sum_ns
         self.sent_sum += series.sent_sum
         self.received_sum += series.received_sum
+        self._created_at(series.created_ns)
         self.duration = _add_lists(self.duration, series.duration)
         self.sent = _add_lists(self.sent, series.sent)
         self.received = _add_lists(self.received, series.received)
@@ -78,6 +100,24 @@ class SessionLabels:
         if self._options.networks:
             values.append(OVERFLOW if series.overflow else self._network_name(series.network))
         return tuple(values)
+
+    def known_in_advance(self) -> list[tuple[str, ...]]:
+        """Label sets of the listed ports, exposed at zero before any session closes:
+        then rate() and increase() see the first sessions too. Not with the comm
+        label (a process name is not known in advance)."""
+        if self._options.comm_label:
+            return []
+        networks = [name for name, _ in self._options.networks] + [OTHER]
+        known = []
+        for direction in DIRECTIONS:
+            for port in sorted(self._options.labelled_ports):
+                for family in self._options.families:
+                    values = (direction, str(port), _FAMILY_NAMES[family])
+                    if self._options.networks:
+                        known += [(*values, network) for network in networks]
+                    else:
+                        known.append(values)
+        return known
 
     def open_ports(self, sessions: list[OpenSession], auto_labelled: set[int]) -> set[int]:
         """The ports open sessions will be labelled with when they close.
@@ -134,13 +174,16 @@ def _le_values(bounds: Sequence[float]) -> list[str]:
 
 
 def _add_histogram(family: HistogramMetricFamily, labels: tuple[str, ...], le: list[str],
-                   counts: list[int], total: float) -> None:
+                   counts: list[int], total: float, created: float | None) -> None:
     """Kernel slots are per bucket; Prometheus buckets count everything up to `le`."""
     buckets, running = [], 0
     for bound, count in zip(le, counts):
         running += count
         buckets.append((bound, running))
     family.add_metric(list(labels), buckets, total)
+    if created is not None:  # right after its label set's samples, as OpenMetrics wants
+        family.samples.append(Sample(f"{family.name}_created", family.samples[-1].labels,
+                                     created))
 
 
 def session_families(
@@ -148,14 +191,19 @@ def session_families(
     series: Iterable[Series],
     open_sessions: list[OpenSession],
     auto_labelled: set[int],
+    loaded_ns: int,
 ) -> list[Metric]:
-    """The session metrics of one scrape."""
+    """The session metrics of one scrape. ``loaded_ns``: when the running program
+    was loaded (CLOCK_MONOTONIC), since when label sets known in advance are at zero."""
     labels = SessionLabels(options)
     folded: dict[tuple[str, ...], _Folded] = {}
     for one in series:
         if one.overflow and not (sum(one.duration) or one.failed_handshakes):
             continue  # pre-created and unused: the cap was never reached
         folded.setdefault(labels.of_series(one), _Folded()).add(one)
+    for label_values in labels.known_in_advance():
+        folded.setdefault(label_values, _Folded()).at_zero_since(
+            loaded_ns, len(options.duration_bounds_ns) + 1, len(options.bytes_bounds) + 1)
 
     duration_le = _le_values([ns / 1e9 for ns in options.duration_bounds_ns])
     bytes_le = _le_values(options.bytes_bounds)
@@ -187,10 +235,11 @@ def session_families(
     open_counts: dict[tuple[str, ...], int] = {}
     for label_values, values in folded.items():
         open_counts.setdefault(labels.open_labels_of(label_values), 0)
+        created = values.created_seconds()
         for family, le, field, unit in histograms:
             _add_histogram(family, label_values, le, getattr(values, field),
-                           getattr(values, f"{field}_sum") / unit)
-        failures.add_metric(list(label_values), values.failed_handshakes)
+                           getattr(values, f"{field}_sum") / unit, created)
+        failures.add_metric(list(label_values), values.failed_handshakes, created=created)
     labelled_ports = labels.open_ports(open_sessions, auto_labelled)
     for session in open_sessions:
         key = labels.of_open(session, labelled_ports)

@@ -4,7 +4,10 @@
 (``tls_server_config``, ``basic_auth_users`` with bcrypt hashes). Each
 connection gets its own thread with a read timeout, and the TLS handshake
 happens in that thread, so a client that connects and sends nothing cannot
-hold up other scrapes.
+hold up other scrapes. Between requests a connection is kept open for far
+longer than any usual scrape interval, so that a scraper reuses it instead
+of opening a TCP session per scrape (which the exporter would count as a
+service of its own); a bounded number of such idle connections are kept.
 """
 
 from __future__ import annotations
@@ -28,15 +31,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import bcrypt
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .errors import TcplifeError
-from .exposition import exposition
+from .exposition import OPENMETRICS, TEXT, exposition
 from .yamlfile import YamlReader, read_text
 
 log = logging.getLogger(__name__)
 
-CONNECTION_TIMEOUT_S = 10
+CONNECTION_TIMEOUT_S = 10  # the handshake and each request, once started
+# Between requests: Prometheus keeps idle connections for 5 minutes; scrape
+# intervals are seconds to a few minutes.
+IDLE_TIMEOUT_S = 330
+MAX_IDLE_CONNECTIONS = 64  # more are closed after their response
 _BCRYPT_HASH = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
 _CLIENT_AUTH = {
     "NoClientCert": ssl.CERT_NONE,
@@ -192,14 +198,29 @@ class _Credentials:
         return True
 
 
+class _IdleSlots:
+    """How many connections may wait between requests at once."""
+
+    def __init__(self, size: int) -> None:
+        self._free = threading.BoundedSemaphore(size)
+
+    def take(self) -> bool:
+        return self._free.acquire(blocking=False)
+
+    def give_back(self) -> None:
+        self._free.release()
+
+
 class MetricsServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 128  # listen backlog (socketserver's default is 5)
 
     def __init__(self, address: tuple[str, int], registry: CollectorRegistry,
                  telemetry_path: str, web: WebConfig) -> None:
         self.registry = registry
         self.telemetry_path = telemetry_path
+        self.idle_slots = _IdleSlots(MAX_IDLE_CONNECTIONS)
         self.apply(web)
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
@@ -265,6 +286,27 @@ class _Handler(BaseHTTPRequestHandler):
     # A request line too broken to carry a version still gets a status line back.
     default_request_version = "HTTP/1.0"
     server_version = "tcplife-exporter"
+    _answered = 0  # requests answered on this connection
+
+    def handle_one_request(self) -> None:
+        if self._answered and not self._wait_for_next_request():
+            self.close_connection = True
+            return
+        super().handle_one_request()
+        self._answered += 1
+
+    def _wait_for_next_request(self) -> bool:
+        """Keep a connection open between requests, if an idle slot is free."""
+        if not self.server.idle_slots.take():
+            return False
+        try:
+            self.connection.settimeout(IDLE_TIMEOUT_S)
+            return bool(self.rfile.peek(1))  # b"": the client closed
+        except OSError:  # the idle timeout, or a reset
+            return False
+        finally:
+            self.server.idle_slots.give_back()
+            self.connection.settimeout(CONNECTION_TIMEOUT_S)
 
     def do_GET(self) -> None:
         credentials = self.server.web.credentials
@@ -293,7 +335,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_metrics(self) -> None:
         try:
-            body = exposition(self.server.registry)
+            openmetrics = wants_openmetrics(self.headers.get("Accept", ""))
+            body = exposition(self.server.registry, openmetrics)
         except TcplifeError as err:
             log.error("scrape failed: %s", err)
             self._send(500, f"scrape failed: {err}\n".encode(), "text/plain; charset=utf-8")
@@ -302,7 +345,7 @@ class _Handler(BaseHTTPRequestHandler):
         if "gzip" in self.headers.get("Accept-Encoding", ""):
             body = gzip.compress(body, compresslevel=1)
             headers["Content-Encoding"] = "gzip"
-        self._send(200, body, CONTENT_TYPE_LATEST, headers)
+        self._send(200, body, OPENMETRICS if openmetrics else TEXT, headers)
 
     def _send(self, status: int, body: bytes, content_type: str,
               headers: dict[str, str] | None = None) -> None:
@@ -317,6 +360,22 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug("%s %s", self.address_string(), format % args)
+
+
+def wants_openmetrics(accept: str) -> bool:
+    """Whether the client takes OpenMetrics 1.0.0 (Prometheus asks for it first)."""
+    for choice in accept.split(","):
+        media_type, *parameters = (part.strip() for part in choice.split(";"))
+        if media_type != "application/openmetrics-text":
+            continue
+        settings = dict(p.partition("=")[::2] for p in parameters)
+        try:
+            weight = float(settings.get("q", "1"))
+        except ValueError:
+            continue
+        if settings.get("version", "1.0.0") == "1.0.0" and weight > 0:
+            return True
+    return False
 
 
 def _landing_page(telemetry_path: str) -> bytes:

@@ -13,14 +13,15 @@ from .traffic import free_port
 
 
 class PrometheusServer:
-    """Scrapes the given targets every second into a throwaway TSDB."""
+    """Scrapes the given targets (every second by default) into a throwaway TSDB."""
 
-    def __init__(self, workdir: Path, targets: list[str], job: str = "tcplife") -> None:
+    def __init__(self, workdir: Path, targets: list[str], job: str = "tcplife",
+                 interval_s: int = 1) -> None:
         self.port = free_port()
         self.workdir = workdir
         config = workdir / "prometheus.yml"
         config.write_text(
-            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+            f"global: {{scrape_interval: {interval_s}s, evaluation_interval: {interval_s}s}}\n"
             f"scrape_configs:\n  - job_name: {job}\n"
             f"    static_configs: [{{targets: {json.dumps(targets)}}}]\n"
         )

@@ -54,7 +54,7 @@ BAD = [
                                           "from 1 to 65535, got 70000"),
     ("ports: {labelled: 80}\n", "ports.labelled: must be a list"),
     ("buckets: {bytes: [100, 100]}\n", "buckets.bytes[1]: bounds must increase strictly"),
-    ("buckets: {bytes: [0, 100]}\n", "buckets.bytes[0]: must be an integer from 1"),
+    ("buckets: {bytes: [-1, 100]}\n", "buckets.bytes[0]: must be an integer from 0"),
     ("buckets: {duration_seconds: [-1]}\n", "must be a positive number of seconds, got -1"),
     ("buckets: {duration_seconds: []}\n", "needs at least one bucket bound"),
     ("buckets: {duration_seconds: [" + ", ".join(str(i) for i in range(1, 34)) + "]}\n",

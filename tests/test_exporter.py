@@ -48,7 +48,7 @@ def test_counts_sums_and_buckets_are_exact(tmp_path, ports):
     config = f"""
 buckets:
   duration_seconds: [0.005, 0.1, 10]
-  bytes: [100, 1024, 4096]
+  bytes: [0, 100, 1024, 4096]
 ports: {{labelled: [{quick}, {slow}], auto: false}}
 """
     with ExporterProcess(config, workdir=tmp_path) as exporter:
@@ -72,12 +72,16 @@ ports: {{labelled: [{quick}, {slow}], auto: false}}
 
     out = dict(direction="outbound", port=str(quick), family="ipv4")
     into = dict(direction="inbound", port=str(quick), family="ipv4")
-    assert buckets(samples, SENT, **out) == {"100.0": 0, "1024.0": 25, "4096.0": 25, "+Inf": 25}
-    assert buckets(samples, SENT, **into) == {"100.0": 0, "1024.0": 0, "4096.0": 25, "+Inf": 25}
+    assert buckets(samples, SENT, **out) == {"0.0": 0, "100.0": 0, "1024.0": 25, "4096.0": 25,
+                                             "+Inf": 25}
+    assert buckets(samples, SENT, **into) == {"0.0": 0, "100.0": 0, "1024.0": 0, "4096.0": 25,
+                                              "+Inf": 25}
     assert buckets(samples, RECEIVED, **into)["1024.0"] == 25
     slow_out = dict(direction="outbound", port=str(slow), family="ipv4")
-    # 100 bytes on the bound; 0 bytes in the first bucket too.
+    # 100 bytes on the bound; 0 bytes alone in le="0" (nothing sent), and in le="100" too.
+    assert buckets(samples, SENT, **slow_out)["0.0"] == 0
     assert buckets(samples, SENT, **slow_out)["100.0"] == 10
+    assert buckets(samples, RECEIVED, **slow_out)["0.0"] == 10
     assert buckets(samples, RECEIVED, **slow_out)["100.0"] == 10
     # Held 20 ms: above 5 ms, far below 100 ms.
     assert buckets(samples, DURATION, **slow_out) == {"0.005": 0, "0.1": 10, "10.0": 10,

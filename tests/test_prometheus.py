@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 
-from .exporting import ExporterProcess
+from .exporting import ExporterProcess, total, value
 from .prometheus_server import PrometheusServer
 from .traffic import Load, free_port, run_load
 
@@ -53,3 +53,66 @@ def test_prometheus_sees_the_lifespans_per_port(tmp_path):
         assert comms == {'q"\\\n}\\xfe', "tl-server"}, comms
         scrapes = prometheus.query('scrape_samples_scraped{job="tcplife"}')
         assert float(scrapes[0]["value"][1]) > 0
+
+
+def test_a_listed_port_counts_from_its_first_session_in_automatic_mode(tmp_path):
+    """A listed port keeps its own label although another port took the only
+    automatic slot, and its series is there at zero before its first session:
+    increase() over a window holding its first sessions equals their count."""
+    listed, other = free_port(socket.AF_INET6), free_port(socket.AF_INET6)
+    config = (f"ports: {{labelled: [{listed}], auto: true, auto_limit: 1}}\n"
+              f"filters: {{remote_ports: [{listed}, {other}]}}\n")  # clients only
+    count = (f'tcplife_session_duration_seconds_count'
+             f'{{port="{listed}", family="ipv6", direction="outbound"}}')
+    with ExporterProcess(config, workdir=tmp_path) as exporter, \
+            PrometheusServer(tmp_path, [f"127.0.0.1:{exporter.port}"]) as prometheus:
+        zero = prometheus.wait_for(count)
+        assert [float(r["value"][1]) for r in zero] == [0.0], zero
+        run_load(Load(port=other, count=1, server_addr="::1"))  # takes the automatic slot
+        run_load(Load(port=listed, count=5, server_addr="::1"))
+        exporter.wait_until(lambda s: total(s, "tcplife_session_duration_seconds_count",
+                                            port=str(listed)) == 5)
+        assert prometheus.wait_for(f"{count} == 5")
+        (last,) = prometheus.api("query", query=f"timestamp({count})")["result"]
+        at = last["value"][1]  # a scrape's own time: no extrapolation past it
+        (grown,) = prometheus.api("query", query=f"increase({count}[1m])", time=at)["result"]
+        assert float(grown["value"][1]) == 5.0, grown
+        limited = "tcplife_exporter_port_limit_sessions_total"
+        assert value(exporter.scrape(), limited) == 0  # the listed port took no slot
+
+
+def test_a_label_set_created_later_carries_its_creation_time(tmp_path):
+    """A label set not known in advance (an automatic port) is exposed with its
+    creation time: OpenMetrics `_created` samples, which Prometheus asks for.
+    Prometheus 2.x (Debian's 2.42 here) stores them as series of their own;
+    with created-timestamp-zero-ingestion newer releases put a zero there."""
+    port = free_port()
+    config = f"ports: {{auto: true}}\nfilters: {{remote_ports: [{port}]}}\n"  # clients only
+    with ExporterProcess(config, workdir=tmp_path) as exporter, \
+            PrometheusServer(tmp_path, [f"127.0.0.1:{exporter.port}"]) as prometheus:
+        assert prometheus.wait_for('up{job="tcplife"} == 1')
+        before = time.time()
+        run_load(Load(port=port, count=3))
+        after = time.time()
+        assert prometheus.wait_for(
+            f'tcplife_session_duration_seconds_count{{port="{port}"}} == 3')
+        for family in ("tcplife_session_duration_seconds", "tcplife_session_sent_bytes",
+                       "tcplife_session_received_bytes", "tcplife_handshake_failures"):
+            (created,) = prometheus.query(f'{family}_created{{port="{port}"}}')
+            assert before <= float(created["value"][1]) <= after, (family, before, after)
+
+
+def test_scrapes_reuse_one_connection(tmp_path):
+    """Scraped every 11 s (longer than a request may take), the exporter keeps
+    the scraper's connection: no scrape closes a TCP session, so the exporter's
+    own port never shows up as a service."""
+    config = "ports: {auto: true}\nfilters: {family: ipv4}\n"
+    with ExporterProcess(config, workdir=tmp_path) as exporter, \
+            PrometheusServer(tmp_path, [f"127.0.0.1:{exporter.port}"],
+                             interval_s=11) as prometheus:
+        own = f'tcplife_session_duration_seconds_count{{port="{exporter.port}"}}'
+        scrapes = 'count_over_time(up{job="tcplife"}[5m])'
+        assert prometheus.wait_for(f"{scrapes} >= 3", timeout=45)  # 22 s and more apart
+        assert not [r for r in prometheus.query(f"{own} > 0")], prometheus.query(own)
+        assert total(exporter.scrape(), "tcplife_session_duration_seconds_count",
+                     port=str(exporter.port)) == 0

@@ -6,6 +6,7 @@ import base64
 import contextlib
 import http.client
 import os
+import re
 import signal
 import socket
 import ssl
@@ -19,6 +20,8 @@ import urllib.request
 
 import bcrypt
 import pytest
+
+from tcplife_exporter import web
 
 from .exporting import EXPORTER, ExporterProcess, parse_samples
 from .tracing import REPO
@@ -269,3 +272,88 @@ def test_http_server_config_headers(tmp_path):
     with ExporterProcess(args=web, workdir=tmp_path) as exporter, \
             urllib.request.urlopen(exporter.url, timeout=10) as response:
         assert response.headers["X-Frame-Options"] == "deny"
+
+
+def _get_on(sock: socket.socket, path: str = "/") -> bytes:
+    """One request on an open connection; the response's status line and headers."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection"
+        head += chunk
+    header, _, body = head.partition(b"\r\n\r\n")
+    length = int(re.search(rb"Content-Length: (\d+)", header).group(1))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return header
+
+
+def test_an_idle_connection_outlives_the_request_timeout(tmp_path):
+    """A scraper's connection is kept between scrapes (here idle for longer than
+    the 10 s a request may take), so scrapes do not open a TCP session each."""
+    with ExporterProcess(workdir=tmp_path) as exporter, \
+            socket.create_connection(("127.0.0.1", exporter.port)) as sock:
+        assert _get_on(sock).startswith(b"HTTP/1.1 200")
+        time.sleep(web.CONNECTION_TIMEOUT_S + 1.5)
+        assert _get_on(sock).startswith(b"HTTP/1.1 200")
+
+
+def test_idle_connections_are_bounded(tmp_path):
+    """Beyond MAX_IDLE_CONNECTIONS waiting between requests, a connection is
+    closed after its response; a new one is served as usual."""
+    with ExporterProcess(workdir=tmp_path) as exporter:
+        address = ("127.0.0.1", exporter.port)
+        kept = []
+        try:
+            for _ in range(web.MAX_IDLE_CONNECTIONS):
+                kept.append(socket.create_connection(address))
+                _get_on(kept[-1])
+            time.sleep(0.5)  # every one of them is now waiting for its next request
+            with socket.create_connection(address) as extra:
+                extra.settimeout(5)
+                assert _get_on(extra).startswith(b"HTTP/1.1 200")
+                assert extra.recv(1) == b""  # closed: no idle slot left
+            assert _get_on(kept[0]).startswith(b"HTTP/1.1 200")  # the kept ones still work
+        finally:
+            for sock in kept:
+                sock.close()
+
+
+# What Prometheus 2.42 sends (scrape/scrape.go, acceptHeader).
+PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,"
+                     "application/openmetrics-text;version=0.0.1;q=0.75,"
+                     "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+
+
+@pytest.mark.parametrize("accept, openmetrics", [
+    (PROMETHEUS_ACCEPT, True),
+    ("application/openmetrics-text", True),
+    ("text/plain;version=0.0.4;q=0.5, application/openmetrics-text; version=1.0.0; q=0.9", True),
+    ("application/openmetrics-text;version=0.0.1", False),
+    ("application/openmetrics-text;version=1.0.0;q=0", False),
+    ("application/openmetrics-text;q=x", False),
+    ("text/plain;version=0.0.4", False),
+    ("*/*", False),
+    ("", False),
+])
+def test_openmetrics_is_written_to_clients_that_take_it(accept, openmetrics):
+    assert web.wants_openmetrics(accept) is openmetrics
+
+
+def _scrape(url: str, accept: str) -> tuple[str, str]:
+    request = urllib.request.Request(url, headers={"Accept": accept})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.headers["Content-Type"], response.read().decode()
+
+
+def test_the_format_follows_the_accept_header(tmp_path):
+    with ExporterProcess(workdir=tmp_path) as exporter:
+        content_type, body = _scrape(exporter.url, PROMETHEUS_ACCEPT)
+        assert content_type == "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        assert body.endswith("# EOF\n")
+        assert "# TYPE tcplife_exporter_ringbuf_drops counter\n" in body
+        content_type, body = _scrape(exporter.url, "")
+        assert content_type == "text/plain; version=0.0.4; charset=utf-8"
+        assert "# EOF" not in body
+        assert "# TYPE tcplife_exporter_ringbuf_drops_total counter\n" in body
