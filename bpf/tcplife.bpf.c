@@ -691,39 +691,18 @@ static __always_inline int state_changed(const struct sock *sk, __u64 key, int o
 
 /*
  * The socket's address as a number: the verifier allows arithmetic on
- * numbers, not on pointers, and a value read back from a map is a number.
- * The program can run again on this CPU while it runs (a softirq that
- * interrupts it), so each nesting level has its own slot: a run that
- * interrupts this one takes the next slot and has given it back before this
- * one resumes, so plain (not atomic) updates of the depth are enough.
+ * numbers, not on pointers, and bytes copied by bpf_probe_read_kernel() are
+ * a number. Copied from the program's own stack, so nothing is shared with
+ * other runs. (A per-CPU scratch slot, written and read back, was shared: the
+ * compiler dropped the depth updates that kept nested runs apart, and a
+ * softirq between the write and the read handed its socket's address to the
+ * run it interrupted; preemptible kernels can interleave tasks there too.)
  */
-#define KEY_SLOTS 4
-struct key_scratch {
-	__u64 slot[KEY_SLOTS];
-	__u32 depth;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct key_scratch);
-} key_scratch SEC(".maps");
-
 static __always_inline __u64 address_of(const struct tcp_sock *tp)
 {
-	struct key_scratch *scratch;
-	__u32 zero = 0, depth;
-	__u64 key;
+	__u64 key = 0;
 
-	scratch = bpf_map_lookup_elem(&key_scratch, &zero);
-	if (!scratch)
-		return 0;
-	depth = scratch->depth;
-	scratch->depth = depth + 1;
-	scratch->slot[depth & (KEY_SLOTS - 1)] = (__u64)tp;
-	key = *(volatile __u64 *)&scratch->slot[depth & (KEY_SLOTS - 1)];
-	scratch->depth = depth;
+	bpf_probe_read_kernel(&key, sizeof(key), &tp);
 	return key;
 }
 
