@@ -4,8 +4,8 @@
  *
  * Each worker thread plays both ends of one session after another: connect,
  * accept, the client sends SIZE bytes, the server answers SIZE bytes, the
- * server closes, the client reads the end of stream and closes. Every byte
- * is checked. Closing from the server side keeps TIME_WAIT there, so the
+ * server shuts down, the client reads the end of stream and shuts down, both
+ * close. Every byte is checked. Closing from the server side keeps TIME_WAIT there, so the
  * clients' ephemeral ports come back at once; sessions still close with FIN
  * (no SO_LINGER 0). Each worker spreads its sessions over several server
  * ports so that a 4-tuple is reused rarely.
@@ -137,7 +137,7 @@ static int one_session(const struct options *opt, int listener, int port, char *
 {
 	struct sockaddr_storage ss;
 	socklen_t len = server_address(opt, port, &ss);
-	int client, server = -1, failed = -1;
+	int client, server = -1, failed = -1, first, second;
 
 	client = socket(ss.ss_family, SOCK_STREAM, 0);
 	if (client < 0)
@@ -169,17 +169,23 @@ static int one_session(const struct options *opt, int listener, int port, char *
 		failed = FAIL_RECV;
 		goto out;
 	}
-	if (opt->client_closes) {
-		close(client);
-		client = -1;
-		if (recv(server, buf, 1, 0) != 0)	/* the client's FIN */
-			failed = FAIL_EOF;
-	} else {
-		close(server);
-		server = -1;
-		if (recv(client, buf, 1, 0) != 0)	/* the server's FIN */
-			failed = FAIL_EOF;
-	}
+	/*
+	 * Both ends shut down before close(): every state change then happens in
+	 * this thread, and close() finds the sockets closed already. The close()
+	 * that drops a socket's last reference may run in another process: on the
+	 * test VMs the VM agent (PID 1) now and then holds a reference to other
+	 * processes' socket files, and a socket whose last reference it drops
+	 * closes in its thread, where that kernel runs no BPF program (README,
+	 * "No event skipped").
+	 */
+	first = opt->client_closes ? client : server;
+	second = opt->client_closes ? server : client;
+	shutdown(first, SHUT_WR);
+	if (recv(second, buf, 1, 0) != 0)	/* the first end's FIN */
+		failed = FAIL_EOF;
+	shutdown(second, SHUT_WR);
+	if (recv(first, buf, 1, 0) != 0)	/* the second end's FIN */
+		failed = FAIL_EOF;
 out:
 	if (server >= 0)
 		close(server);

@@ -73,6 +73,18 @@ def _receive_exactly(sock: socket.socket, size: int) -> None:
         size -= len(chunk)
 
 
+def _shut_down(sock: socket.socket) -> None:
+    """Send our FIN and wait for the peer's, so that both ends are closed before
+    close(): every state change then happens in this thread. close() may drop
+    the last reference elsewhere: on the test VMs the VM agent (PID 1) now and
+    then holds a reference to other processes' socket files, and a socket whose
+    last reference it drops closes in its thread, where that kernel runs no
+    BPF program (README, "No event skipped")."""
+    sock.shutdown(socket.SHUT_WR)
+    while sock.recv(1 << 16):  # until the peer's FIN
+        pass
+
+
 def _serve(listener: socket.socket, load: Load, errors: list[BaseException]) -> None:
     set_thread_name(load.server_comm)
     try:
@@ -81,8 +93,7 @@ def _serve(listener: socket.socket, load: Load, errors: list[BaseException]) -> 
             with conn:
                 _receive_exactly(conn, load.client_sends)
                 conn.sendall(b"s" * load.server_sends)
-                while conn.recv(1 << 16):  # until the client's FIN
-                    pass
+                _shut_down(conn)
     except BaseException as err:  # reported by run_load
         errors.append(err)
 
@@ -118,6 +129,7 @@ def _clients(load: Load, family: int, errors: list[BaseException]) -> None:
                 _receive_exactly(sock, load.server_sends)
                 if load.hold_s:
                     time.sleep(load.hold_s)
+                _shut_down(sock)
     except BaseException as err:
         errors.append(err)
 
