@@ -341,6 +341,11 @@ class _Handler(BaseHTTPRequestHandler):
             log.error("scrape failed: %s", err)
             self._send(500, f"scrape failed: {err}\n".encode(), "text/plain; charset=utf-8")
             return
+        except Exception:  # a bug: the scraper still gets an answer, the log the traceback
+            log.exception("scrape failed")
+            self._send(500, b"scrape failed: internal error (see the exporter's log)\n",
+                       "text/plain; charset=utf-8")
+            return
         headers = {}
         if "gzip" in self.headers.get("Accept-Encoding", ""):
             body = gzip.compress(body, compresslevel=1)

@@ -20,6 +20,7 @@ import urllib.request
 
 import bcrypt
 import pytest
+from prometheus_client import CollectorRegistry
 
 from tcplife_exporter import web
 
@@ -357,3 +358,25 @@ def test_the_format_follows_the_accept_header(tmp_path):
         assert content_type == "text/plain; version=0.0.4; charset=utf-8"
         assert "# EOF" not in body
         assert "# TYPE tcplife_exporter_ringbuf_drops_total counter\n" in body
+
+
+class _Broken:
+    def collect(self):
+        raise ZeroDivisionError("a bug in a collector")
+
+
+def test_an_unexpected_error_in_a_scrape_answers_500_and_is_logged_once(caplog):
+    registry = CollectorRegistry()
+    registry.register(_Broken())
+    server = web.start_server(("127.0.0.1", 0), registry, "/metrics", web.WebConfig())
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+        with caplog.at_level("ERROR", logger=web.log.name):
+            status, body = get(url)
+            assert status == 500 and "internal error" in body
+            assert get(url.replace("/metrics", "/"))[0] == 200  # still serving
+        failures = [r for r in caplog.records if r.getMessage() == "scrape failed"]
+        assert len(failures) == 1 and failures[0].exc_info[0] is ZeroDivisionError
+    finally:
+        server.shutdown()
+        server.server_close()
