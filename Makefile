@@ -73,12 +73,20 @@ test-deps: deps
 
 # Running needs the package and its dependencies; tests, bench and soak add
 # pytest, hypothesis and ruff to the same environment.
-venv: deps $(BPF_OBJ)
+# pip runs again only when the package's metadata changed (the install is
+# editable), so later runs need no package index.
+venv: deps $(BPF_OBJ) $(VENV)/.run-installed
+
+$(VENV)/.run-installed: pyproject.toml setup.py
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -e .
+	@touch $@
 
-test-venv: venv
+test-venv: venv $(VENV)/.test-installed
+
+$(VENV)/.test-installed: pyproject.toml setup.py
 	$(VENV)/bin/pip install -q -e '.[test]'
+	@touch $@
 
 install: deps
 	sh deploy/install.sh $(INSTALL_ARGS)
