@@ -71,10 +71,10 @@ test-deps: deps
 		echo "stopped and disabled prometheus.service: installed for the tests only" \
 		|| true;)
 
-# Running needs the package and its dependencies; tests, bench and soak add
-# pytest, hypothesis and ruff to the same environment.
-# pip runs again only when the package's metadata changed (the install is
-# editable), so later runs need no package index.
+# Running needs the package and its dependencies; tests, bench, soak and stress
+# add pytest, hypothesis and ruff to the same environment. pip runs again only
+# when the package's metadata changed (the install is editable), so later runs
+# need no package index.
 venv: deps $(BPF_OBJ) $(VENV)/.run-installed
 
 $(VENV)/.run-installed: pyproject.toml setup.py

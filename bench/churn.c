@@ -5,9 +5,9 @@
  * Each worker thread plays both ends of one session after another: connect,
  * accept, the client sends SIZE bytes, the server answers SIZE bytes, the
  * server shuts down, the client reads the end of stream and shuts down, both
- * close. Every byte is checked. Closing from the server side keeps TIME_WAIT there, so the
- * clients' ephemeral ports come back at once; sessions still close with FIN
- * (no SO_LINGER 0). Each worker spreads its sessions over several server
+ * close. Every byte is checked. Closing from the server side keeps TIME_WAIT
+ * there, so the clients' ephemeral ports come back at once; sessions still
+ * close with FIN (no SO_LINGER 0). Each worker spreads its sessions over several server
  * ports so that a 4-tuple is reused rarely.
  *
  * Prints one JSON line: sessions completed, bytes per session each way,
@@ -176,7 +176,7 @@ static int one_session(const struct options *opt, int listener, int port, char *
 	 * test VMs the VM agent (PID 1) now and then holds a reference to other
 	 * processes' socket files, and a socket whose last reference it drops
 	 * closes in its thread, where that kernel runs no BPF program (README,
-	 * "No event skipped").
+	 * "Closes in the VM agent's thread").
 	 */
 	first = opt->client_closes ? client : server;
 	second = opt->client_closes ? server : client;

@@ -198,19 +198,6 @@ class _Credentials:
         return True
 
 
-class _IdleSlots:
-    """How many connections may wait between requests at once."""
-
-    def __init__(self, size: int) -> None:
-        self._free = threading.BoundedSemaphore(size)
-
-    def take(self) -> bool:
-        return self._free.acquire(blocking=False)
-
-    def give_back(self) -> None:
-        self._free.release()
-
-
 class MetricsServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
@@ -220,7 +207,7 @@ class MetricsServer(ThreadingHTTPServer):
                  telemetry_path: str, web: WebConfig) -> None:
         self.registry = registry
         self.telemetry_path = telemetry_path
-        self.idle_slots = _IdleSlots(MAX_IDLE_CONNECTIONS)
+        self.idle_slots = threading.BoundedSemaphore(MAX_IDLE_CONNECTIONS)  # waiting ones
         self.apply(web)
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
@@ -297,7 +284,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _wait_for_next_request(self) -> bool:
         """Keep a connection open between requests, if an idle slot is free."""
-        if not self.server.idle_slots.take():
+        if not self.server.idle_slots.acquire(blocking=False):
             return False
         try:
             self.connection.settimeout(IDLE_TIMEOUT_S)
@@ -305,7 +292,7 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:  # the idle timeout, or a reset
             return False
         finally:
-            self.server.idle_slots.give_back()
+            self.server.idle_slots.release()
             self.connection.settimeout(CONNECTION_TIMEOUT_S)
 
     def do_GET(self) -> None:

@@ -75,11 +75,9 @@ def _receive_exactly(sock: socket.socket, size: int) -> None:
 
 def _shut_down(sock: socket.socket) -> None:
     """Send our FIN and wait for the peer's, so that both ends are closed before
-    close(): every state change then happens in this thread. close() may drop
-    the last reference elsewhere: on the test VMs the VM agent (PID 1) now and
-    then holds a reference to other processes' socket files, and a socket whose
-    last reference it drops closes in its thread, where that kernel runs no
-    BPF program (README, "No event skipped")."""
+    close() and every state change happens in this thread, not in whichever
+    process drops the file's last reference (bench/churn.c, README "Closes in
+    the VM agent's thread")."""
     sock.shutdown(socket.SHUT_WR)
     while sock.recv(1 << 16):  # until the peer's FIN
         pass
