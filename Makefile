@@ -12,7 +12,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BPF_OBJ := tcplife_exporter/bpf/tcplife.bpf.o
-BPF_SRC := bpf/tcplife.bpf.c bpf/tcplife.h bpf/kernel.h
+BPF_SRC := bpf/tcplife.bpf.c $(wildcard bpf/*.h)
 MULTIARCH := $(shell gcc -dumpmachine 2>/dev/null || echo $$(uname -m)-linux-gnu)
 # Build: clang llvm libbpf-dev gcc make. Run: libbpf1, python3-venv/pip.
 BUILD_PACKAGES := clang llvm libbpf-dev libbpf1 gcc make python3-venv python3-pip

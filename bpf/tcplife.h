@@ -35,17 +35,33 @@ enum record_flag {
 	RECORD_ESTABLISHED = 2,		/* the handshake completed */
 };
 
+enum label_flag {
+	LABEL_PORT_LIMITED = 1,		/* port "other": the automatic port cap was reached */
+};
+
 /*
- * What is remembered between a session's birth and its close, keyed by the
- * socket's address. User space also reads it to count open sessions.
+ * A session's labels but the process name, given at its birth by the program
+ * whose label rules are `rules` (user space numbers them from 1). One 64-bit
+ * word, written and cleared whole (open_sessions.h): user space reads it in
+ * place to count open sessions per label set, and 0 marks a slot with none.
  */
-struct session {
-	__u64 birth_ns;			/* 0: opened before the program */
-	__u32 pid;			/* 0 until seen in the owner's context */
-	__u16 service_port;		/* inbound: local port; outbound: remote port */
+struct session_labels {
+	__u16 port;			/* service port label; 0: "other" */
+	__u16 network;			/* 1 + index of the remote network; 0: other */
 	__u8 direction;			/* enum direction */
 	__u8 family;			/* 4 or 6 */
-	__u8 raddr[16];			/* IPv4 uses the first 4 bytes */
+	__u8 rules;			/* never 0 once given */
+	__u8 flags;			/* enum label_flag */
+};
+
+/*
+ * One slot of the open-session table: what is remembered between a session's
+ * birth and its close, keyed by the socket's address.
+ */
+struct open_session {
+	struct session_labels labels;	/* first: 8-byte aligned, read as one word */
+	__u64 birth_ns;			/* 0: opened before the program */
+	__u32 pid;			/* 0 until seen in the owner's context */
 	char comm[TASK_COMM_LEN];
 };
 

@@ -117,6 +117,8 @@ class Btf:
             signed = bool(self._int_encoding(element_id) & _INT_SIGNED)
             return Field(name, offset, array.nelems * element.size, signed,
                          array_len=array.nelems, element_size=element.size)
+        if kind == KIND_STRUCT:  # read as its raw bytes, like a char array
+            return Field(name, offset, btf_type.size, array_len=btf_type.size, element_size=1)
         raise TcplifeError(f"field {name!r} has a BTF kind ({kind}) this reader does not decode")
 
     def _int_encoding(self, type_id: int) -> int:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from .errors import TcplifeError
-from .tracer import MAX_BOUNDS, SessionFilter
+from .options import MAX_BOUNDS, SessionFilter
 from .yamlfile import Node, YamlReader, read_text
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]

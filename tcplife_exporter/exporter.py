@@ -23,13 +23,24 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from .config import ExporterConfig, load_config
 from .errors import TcplifeError
-from .folding import FAMILIES, FoldOptions, Series, ephemeral_port_range
+from .folding import (
+    AUTO_PORTS_MAP,
+    FoldedReader,
+    LabelRules,
+    Series,
+    fill_maps,
+    fold_rodata,
+    map_sizes,
+)
 from .metrics import session_families
-from .tracer import ProgramStats, SessionTracer, TracerOptions
+from .program import ProgramStats, SessionProgram
+from .session_table import OpenSessions
+from .tracer import no_records
 
 log = logging.getLogger(__name__)
 
 BPF_STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
+MAX_RULES_ID = 255  # struct session_labels' rules is one byte; 0 means none
 
 # enum counter in bpf/tcplife.h -> (metric, help, labels). A counter missing
 # here fails the exporter's tests, so none can be dropped unseen.
@@ -60,41 +71,52 @@ KERNEL_COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
 }
 
 
-def fold_options(config: ExporterConfig) -> FoldOptions:
-    ephemeral = ephemeral_port_range()
-    low, high = ephemeral
-    ephemeral_listed = sorted(p for p in config.labelled_ports if low <= p <= high)
-    if ephemeral_listed:
-        log.warning("ports.labelled: %s in the ephemeral range %d-%d get no label of their own",
-                    ", ".join(map(str, ephemeral_listed)), low, high)
-    return FoldOptions(
-        duration_bounds_ns=tuple(round(b * 1e9) for b in config.duration_bounds),
-        bytes_bounds=config.bytes_bounds,
-        labelled_ports=config.labelled_ports - set(ephemeral_listed),
-        auto_ports=config.auto_ports,
-        auto_port_limit=config.auto_port_limit,
-        ephemeral_ports=ephemeral,
-        comm_label=config.comm_label,
-        networks=config.remote_networks,
-        max_label_sets=config.max_label_sets,
-        families=(config.filter.family,) if config.filter.family else FAMILIES,
-    )
-
-
 class _Loaded:
-    """A config and the program loaded with it (in place of ``replacing``'s)."""
+    """A config and the program loaded with it (in place of ``replacing``'s),
+    with the readers of its folded series and open sessions."""
 
-    def __init__(self, config: ExporterConfig, cgroup_path: str | None,
-                 replacing: _Loaded | None = None) -> None:
+    def __init__(self, config: ExporterConfig, cgroup_path: str | None, rules: LabelRules,
+                 rules_id: int, replacing: _Loaded | None = None) -> None:
         self.config = config
-        self.fold = fold_options(config)
-        self.tracer = SessionTracer(TracerOptions(
-            filter=config.filter,
-            emit_records=False,
-            fold=self.fold,
-            max_sessions=config.max_open_sessions,
-            cgroup_path=cgroup_path,
-        ), replacing=replacing.tracer if replacing else None)
+        self.rules = rules
+        self.rules_id = rules_id
+        program = self.program = SessionProgram(config.max_open_sessions)
+        self.folded: FoldedReader | None = None
+        self.open_sessions: OpenSessions | None = None
+        try:
+            records_rodata, records_size = no_records()
+            program.configure(
+                {**config.filter.rodata(), **records_rodata,
+                 **fold_rodata(config, rules, rules_id)},
+                {**records_size, **map_sizes(config)})
+            if replacing is not None and program.take_table_of(replacing.program) \
+                    and replacing.rules == rules:
+                program.share_maps(replacing.program, (AUTO_PORTS_MAP,))  # labels mean the same
+            program.load()
+            fill_maps(program.obj, program.btf, config)
+            self.folded = FoldedReader(program.obj, program.btf)
+            self.open_sessions = OpenSessions(program.obj, program.btf, config.max_open_sessions)
+            if replacing is None:
+                program.attach(cgroup_path)
+            else:
+                program.take_over(replacing.program)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.open_sessions is not None:
+            self.open_sessions.close()
+        self.program.close()
+
+
+def same_series(new: ExporterConfig, old: ExporterConfig) -> bool:
+    """Whether series folded under ``old`` mean the same under ``new``: same
+    buckets, and label values that name the same things."""
+    return (new.duration_bounds == old.duration_bounds
+            and new.bytes_bounds == old.bytes_bounds
+            and new.remote_networks == old.remote_networks
+            and new.comm_label == old.comm_label)
 
 
 @dataclass(frozen=True)
@@ -107,9 +129,9 @@ class _Carried:
     def plus(self, old: _Loaded) -> _Carried:
         """These values and ``old``'s final ones."""
         counters = dict(self.counters)
-        for name, count in old.tracer.counters().items():
+        for name, count in old.program.counters().items():
             counters[name] = counters.get(name, 0) + count
-        return _Carried(self.series + old.tracer.folded().series(), counters)
+        return _Carried(self.series + old.folded.series(), counters)
 
     def with_counters(self, counters: dict[str, int]) -> dict[str, int]:
         return {name: self.counters.get(name, 0) + count for name, count in counters.items()}
@@ -122,11 +144,25 @@ class Exporter:
         self._config_path = config_path
         self._cgroup_path = cgroup_path
         self._lock = threading.Lock()  # scrapes vs. swapping the program
-        self._loaded = _Loaded(self._read_config(), cgroup_path)
+        # Network names of each label rules id that open sessions may still carry.
+        self._network_names: dict[int, tuple[str, ...]] = {}
+        self._loaded = self._load(self._read_config())
         self._carried = _Carried()
         self._reload_ok = True
         self._reload_time = time.time()
         self._closed = False
+
+    def _load(self, config: ExporterConfig, replacing: _Loaded | None = None) -> _Loaded:
+        """The program for ``config``, with a new label rules id if its rules differ
+        from those of the program it replaces."""
+        rules = LabelRules.of(config)
+        if replacing is not None and replacing.rules == rules:
+            rules_id = replacing.rules_id
+        else:
+            rules_id = replacing.rules_id % MAX_RULES_ID + 1 if replacing else 1
+        # Before the program runs: a scrape may count its sessions from then on.
+        self._network_names[rules_id] = rules.network_names()
+        return _Loaded(config, self._cgroup_path, rules, rules_id, replacing)
 
     def _read_config(self) -> ExporterConfig:
         return load_config(self._config_path) if self._config_path else ExporterConfig()
@@ -142,14 +178,14 @@ class Exporter:
                 before()
             config = self._read_config()
             if config != self._loaded.config:
-                fresh = _Loaded(config, self._cgroup_path, replacing=self._loaded)
+                fresh = self._load(config, replacing=self._loaded)
                 with self._lock:
                     old, self._loaded = self._loaded, fresh
-                    continued = fresh.fold.same_series_as(old.fold)
+                    continued = same_series(fresh.config, old.config)
                     self._carried = self._carried.plus(old) if continued else _Carried()
-                    old.tracer.close()
+                    old.close()
                     if self._closed:
-                        fresh.tracer.close()
+                        fresh.close()
                         return False
                 log.info("config reloaded from %s; folded counters %s", self._config_path,
                          "go on" if continued else "restart (new buckets or label meanings)")
@@ -167,7 +203,7 @@ class Exporter:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            self._loaded.tracer.close()
+            self._loaded.close()
 
     def describe(self) -> list[Metric]:
         return []  # nothing to check at registration; avoids a scrape at start
@@ -177,13 +213,13 @@ class Exporter:
             if self._closed:
                 raise TcplifeError("the exporter is shutting down")
             loaded = self._loaded
-            reader = loaded.tracer.folded()
-            series = reader.series()
-            families = session_families(loaded.fold, self._carried.series + series,
-                                        reader.open_sessions(), reader.auto_labelled_ports(),
-                                        reader.loaded_ns)
-            counters = self._carried.with_counters(loaded.tracer.counters())
-            stats = loaded.tracer.program_stats()
+            assert loaded.folded is not None and loaded.open_sessions is not None
+            series = loaded.folded.series()
+            families = session_families(loaded.config, loaded.rules, self._carried.series + series,
+                                        loaded.open_sessions.count(), self._network_names,
+                                        loaded.folded.loaded_ns)
+            counters = self._carried.with_counters(loaded.program.counters())
+            stats = loaded.program.program_stats()
         yield from families
         yield from self._self_families(loaded.config, counters, stats,
                                        sum(not s.overflow for s in series))

@@ -1,54 +1,66 @@
-"""Histograms folded in the kernel: their settings and how to read them back.
+"""Histograms folded in the kernel: the exporter's settings for them, and
+how to read them back.
 
-The BPF program adds every closed session to the `series` map entry of its
-label set (buckets and sums, per CPU). This module turns exporter settings
-into the program's `.rodata` and map contents, and reads the maps back as
-plain Python values at scrape time, in batches.
+The BPF program gives each session its labels at its birth (bpf/labels.h)
+and adds it at its close to the `series` map entry of its label set
+(bpf/folding.h: buckets and sums, per CPU). This module translates the
+exporter's configuration into those parts' `.rodata` and map contents, and
+reads the maps back as plain Python values at scrape time, in batches.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Union
 
 from .btf import Btf
+from .config import ExporterConfig, IPNetwork
 from .errors import TcplifeError
 from .layout import StructLayout
 from .libbpf import BpfObject, num_possible_cpus
-from .session_table import SessionTable
+from .options import MAX_BOUNDS, port_bitmap
 
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+log = logging.getLogger(__name__)
+
 DIRECTIONS = ("inbound", "outbound")
 FAMILIES = (4, 6)
-RINGBUF_MIN_BYTES = 4096  # a page: the smallest ring buffer the kernel accepts
+AUTO_PORTS_MAP = "labelled_ports"
 
 
 @dataclass(frozen=True)
-class FoldOptions:
-    """What the kernel folds sessions into. Fixed at load."""
+class LabelRules:
+    """What a session's port and network labels mean. Sessions open across a
+    reload keep their labels while these stay the same; otherwise the new
+    program labels them again at their close."""
 
-    duration_bounds_ns: tuple[int, ...]
-    bytes_bounds: tuple[int, ...]
-    labelled_ports: frozenset[int]
+    listed_ports: frozenset[int]  # their own label always (none in the ephemeral range)
     auto_ports: bool
     auto_port_limit: int
     ephemeral_ports: tuple[int, int]  # inclusive; never a label in automatic mode
-    comm_label: bool
     # The network's position in this tuple + 1 is its index in the kernel.
     networks: tuple[tuple[str, tuple[IPNetwork, ...]], ...]
-    max_label_sets: int
-    families: tuple[int, ...] = FAMILIES  # the ones the filters let through
 
-    def same_series_as(self, other: FoldOptions) -> bool:
-        """Whether series folded under ``other`` mean the same here: same
-        buckets, and label keys that name the same things."""
-        return (self.duration_bounds_ns == other.duration_bounds_ns
-                and self.bytes_bounds == other.bytes_bounds
-                and self.networks == other.networks
-                and self.comm_label == other.comm_label)
+    @classmethod
+    def of(cls, config: ExporterConfig) -> LabelRules:
+        """The rules of ``config`` on this machine (its ephemeral port range now)."""
+        low, high = ephemeral = ephemeral_port_range()
+        ephemeral_listed = sorted(p for p in config.labelled_ports if low <= p <= high)
+        if ephemeral_listed:
+            log.warning("ports.labelled: %s in the ephemeral range %d-%d get no label of "
+                        "their own", ", ".join(map(str, ephemeral_listed)), low, high)
+        return cls(
+            listed_ports=config.labelled_ports - set(ephemeral_listed),
+            auto_ports=config.auto_ports,
+            auto_port_limit=config.auto_port_limit,
+            ephemeral_ports=ephemeral,
+            networks=config.remote_networks,
+        )
+
+    def network_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _cidrs in self.networks)
 
 
 def ephemeral_port_range(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> tuple[int, int]:
@@ -66,32 +78,40 @@ def bounds_array(bounds: Iterable[int], slots: int) -> bytes:
     return b"".join(v.to_bytes(8, "little") for v in values + [0] * (slots - len(values)))
 
 
-def fold_rodata(options: FoldOptions, port_bitmap: bytes, max_bounds: int) -> dict:
-    low, high = options.ephemeral_ports
+def duration_bounds_ns(config: ExporterConfig) -> tuple[int, ...]:
+    return tuple(round(b * 1e9) for b in config.duration_bounds)
+
+
+def fold_rodata(config: ExporterConfig, rules: LabelRules, rules_id: int) -> dict:
+    """The settings of bpf/labels.h and bpf/folding.h. ``rules_id`` (1-255)
+    tells the program's labels apart from those of programs before it."""
+    low, high = rules.ephemeral_ports
+    durations = duration_bounds_ns(config)
     return {
-        "fold_metrics": 1,
-        "label_comm": int(options.comm_label),
-        "label_networks": int(bool(options.networks)),
-        "auto_port_labels": int(options.auto_ports),
-        "port_label_bitmap": port_bitmap,
+        "label_rules": rules_id,
+        "label_networks": int(bool(rules.networks)),
+        "auto_port_labels": int(rules.auto_ports),
+        "port_label_bitmap": port_bitmap(rules.listed_ports),
         "ephemeral_low": low,
         "ephemeral_high": high,
-        "duration_nbounds": len(options.duration_bounds_ns),
-        "duration_bounds_ns": bounds_array(options.duration_bounds_ns, max_bounds),
-        "bytes_nbounds": len(options.bytes_bounds),
-        "bytes_bounds": bounds_array(options.bytes_bounds, max_bounds),
+        "fold_metrics": 1,
+        "label_comm": int(config.comm_label),
+        "duration_nbounds": len(durations),
+        "duration_bounds_ns": bounds_array(durations, MAX_BOUNDS),
+        "bytes_nbounds": len(config.bytes_bounds),
+        "bytes_bounds": bounds_array(config.bytes_bounds, MAX_BOUNDS),
     }
 
 
-def size_maps(obj: BpfObject, options: FoldOptions | None) -> None:
-    """Before load: room for the label sets, plus one overflow series per
-    direction and family, created by ``fill_maps``."""
-    if options is None:
-        return
-    obj.set_max_entries("series", options.max_label_sets + len(DIRECTIONS) * len(FAMILIES))
-    obj.set_max_entries("labelled_ports", options.auto_port_limit)
-    cidrs = sum(len(cidrs) for _name, cidrs in options.networks)
-    obj.set_max_entries("networks", max(cidrs, 1))
+def map_sizes(config: ExporterConfig) -> dict[str, int]:
+    """Room for the label sets, plus one overflow series per direction and
+    family (created by ``fill_maps``)."""
+    cidrs = sum(len(cidrs) for _name, cidrs in config.remote_networks)
+    return {
+        "series": config.max_label_sets + len(DIRECTIONS) * len(FAMILIES),
+        AUTO_PORTS_MAP: config.auto_port_limit,
+        "networks": max(cidrs, 1),
+    }
 
 
 def network_key(layout: StructLayout, cidr: IPNetwork) -> bytes:
@@ -102,12 +122,10 @@ def network_key(layout: StructLayout, cidr: IPNetwork) -> bytes:
     return layout.pack(prefixlen=cidr.prefixlen, addr=cidr.network_address.packed)
 
 
-def fill_maps(obj: BpfObject, btf: Btf, options: FoldOptions | None) -> None:
+def fill_maps(obj: BpfObject, btf: Btf, config: ExporterConfig) -> None:
     """After load, before attach: remote networks and the overflow series."""
-    if options is None:
-        return
     network_layout = StructLayout(btf, "network_key")
-    for index, (_name, cidrs) in enumerate(options.networks, start=1):
+    for index, (_name, cidrs) in enumerate(config.remote_networks, start=1):
         for cidr in cidrs:
             obj.update("networks", network_key(network_layout, cidr), index.to_bytes(2, "little"))
     key_layout = StructLayout(btf, "series_key")
@@ -131,7 +149,7 @@ class Series:
     direction: str
     family: int
     port: int  # 0: other
-    network: int  # 0: other, else 1 + index into FoldOptions.networks
+    network: int  # 0: other, else 1 + index into LabelRules.networks
     comm: bytes  # b"" when the label is off or the owner is unknown
     overflow: bool
     failed_handshakes: int
@@ -144,23 +162,14 @@ class Series:
     received: list[int]
 
 
-@dataclass(frozen=True)
-class OpenSession:
-    direction: str
-    family: int
-    service_port: int
-    raddr: bytes  # 4 bytes for IPv4
-
-
 class FoldedReader:
-    """Reads the kernel's folded series and open sessions at scrape time."""
+    """Reads the kernel's folded series at scrape time."""
 
-    def __init__(self, obj: BpfObject, btf: Btf, max_sessions: int) -> None:
+    def __init__(self, obj: BpfObject, btf: Btf) -> None:
         self.loaded_ns = time.monotonic_ns()  # the program folds from about now
         self._obj = obj
         self._key = StructLayout(btf, "series_key")
         self._value = StructLayout(btf, "series")
-        self._sessions = SessionTable(obj, btf, max_sessions)
         self._cpus = num_possible_cpus()
         self._stride = obj.map_sizes("series")[1] // self._cpus  # one CPU's padded value
         self._directions = btf.enum_labels("direction", "DIRECTION_")
@@ -178,7 +187,7 @@ class FoldedReader:
             for name in self._histograms:
                 totals[name] = [sum(column) for column in zip(*(v[name] for v in per_cpu))]
             found.append(Series(
-                direction=self._direction(key["direction"]),
+                direction=self._directions.get(key["direction"], "unknown"),
                 family=key["family"],
                 port=key["port"],
                 network=key["network"],
@@ -187,28 +196,3 @@ class FoldedReader:
                 **totals,
             ))
         return found
-
-    def open_sessions(self) -> list[OpenSession]:
-        """Sessions born since load and not closed yet."""
-        found = []
-        for session in self._sessions.sessions():
-            if not session["birth_ns"]:
-                continue  # born under an earlier program, seen only while closing
-            family = session["family"]
-            found.append(OpenSession(
-                direction=self._direction(session["direction"]),
-                family=family,
-                service_port=session["service_port"],
-                raddr=session["raddr"][: 4 if family == 4 else 16],
-            ))
-        return found
-
-    def auto_labelled_ports(self) -> set[int]:
-        """Ports the kernel has given a label of their own in automatic mode."""
-        return {int.from_bytes(key, "little") for key, _ in self._obj.read_all("labelled_ports")}
-
-    def _direction(self, value: int) -> str:
-        return self._directions.get(value, "unknown")
-
-    def close(self) -> None:
-        self._sessions.close()

@@ -9,7 +9,7 @@ import json
 import time
 from dataclasses import dataclass
 
-from .records import Session
+from .records import ClosedSession
 
 UNKNOWN = "-"
 
@@ -49,7 +49,7 @@ def _csv_row(fields: list[str]) -> str:
     return out.getvalue()
 
 
-def _ms(session: Session) -> str:
+def _ms(session: ClosedSession) -> str:
     if session.duration_ns is None:
         return UNKNOWN
     return f"{session.duration_ns / 1e6:.2f}"
@@ -75,7 +75,7 @@ class Formatter:
         times = ["TIME"] * self.style.clock_time + ["TIME(s)"] * self.style.timestamp
         return self._join(times, COLUMNS)
 
-    def line(self, session: Session) -> str:
+    def line(self, session: ClosedSession) -> str:
         if self.style.json:
             return self._json(session)
         fields = (
@@ -116,7 +116,7 @@ class Formatter:
     def _columns(self, fields: tuple[str, ...]) -> str:
         return (_WIDE_ROW if self.style.wide else _NARROW_ROW).format(*fields)
 
-    def _json(self, session: Session) -> str:
+    def _json(self, session: ClosedSession) -> str:
         record = session.as_json()
         record["time"] = round(self._clock.epoch_seconds(record.pop("close_ns")), 6)
         return json.dumps(record, ensure_ascii=False)

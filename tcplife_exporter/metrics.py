@@ -8,8 +8,8 @@ sets that render the same are merged, never emitted twice.
 
 from __future__ import annotations
 
-import ipaddress
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -22,7 +22,9 @@ from prometheus_client.core import (
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-from .folding import DIRECTIONS, FoldOptions, OpenSession, Series
+from .config import ExporterConfig
+from .folding import DIRECTIONS, FAMILIES, LabelRules, Series, duration_bounds_ns
+from .session_table import OpenLabels
 
 OTHER = "other"
 OVERFLOW = "overflow"
@@ -77,86 +79,62 @@ def _add_lists(total: list[int] | None, more: list[int]) -> list[int]:
 
 
 class SessionLabels:
-    """The label names in use and how a kernel label set renders as values."""
+    """The label names in use and how the kernel's label sets render as values."""
 
-    def __init__(self, options: FoldOptions) -> None:
-        self._options = options
+    def __init__(self, config: ExporterConfig, rules: LabelRules) -> None:
+        self._config = config
+        self._rules = rules
         self.names = ["direction", "port", "family"]
-        if options.comm_label:
+        if config.comm_label:
             self.names.append("comm")
-        if options.networks:
+        if rules.networks:
             self.names.append("remote_network")
         self.open_names = [n for n in self.names if n != "comm"]  # unknown at an inbound birth
-        self._networks = [
-            (cidr, name) for name, cidrs in options.networks for cidr in cidrs
-        ]
-        self._networks.sort(key=lambda item: item[0].prefixlen, reverse=True)
 
     def of_series(self, series: Series) -> tuple[str, ...]:
         values = [series.direction, _port(series.port, series.overflow),
                   _FAMILY_NAMES.get(series.family, str(series.family))]
-        if self._options.comm_label:
+        if self._config.comm_label:
             values.append(OVERFLOW if series.overflow else _comm(series.comm))
-        if self._options.networks:
-            values.append(OVERFLOW if series.overflow else self._network_name(series.network))
+        if self._rules.networks:
+            values.append(OVERFLOW if series.overflow
+                          else _network_name(self._rules.network_names(), series.network))
         return tuple(values)
 
     def known_in_advance(self) -> list[tuple[str, ...]]:
         """Label sets of the listed ports, exposed at zero before any session closes:
         then rate() and increase() see the first sessions too. Not with the comm
         label (a process name is not known in advance)."""
-        if self._options.comm_label:
+        if self._config.comm_label:
             return []
-        networks = [name for name, _ in self._options.networks] + [OTHER]
+        networks = [*self._rules.network_names(), OTHER]
+        families = (self._config.filter.family,) if self._config.filter.family else FAMILIES
         known = []
         for direction in DIRECTIONS:
-            for port in sorted(self._options.labelled_ports):
-                for family in self._options.families:
+            for port in sorted(self._rules.listed_ports):
+                for family in families:
                     values = (direction, str(port), _FAMILY_NAMES[family])
-                    if self._options.networks:
+                    if self._rules.networks:
                         known += [(*values, network) for network in networks]
                     else:
                         known.append(values)
         return known
 
-    def open_ports(self, sessions: list[OpenSession], auto_labelled: set[int]) -> set[int]:
-        """The ports open sessions will be labelled with when they close.
-
-        In automatic mode a port gets its label at its first close; until then,
-        ports of open sessions are expected to take the slots still free.
-        """
-        ports = set(self._options.labelled_ports)
-        if self._options.auto_ports:
-            low, high = self._options.ephemeral_ports
-            ports |= auto_labelled
-            waiting = {s.service_port for s in sessions if not low <= s.service_port <= high}
-            room = max(self._options.auto_port_limit - len(auto_labelled), 0)
-            ports |= set(sorted(waiting - ports)[:room])
-        return ports
-
-    def of_open(self, session: OpenSession, labelled_ports: set[int]) -> tuple[str, ...]:
-        """An open session's labels, as its close will render them."""
-        port = session.service_port
-        values = [session.direction, _port(port if port in labelled_ports else 0, False),
-                  _FAMILY_NAMES.get(session.family, str(session.family))]
-        if self._options.networks:
-            values.append(self._match_network(session.raddr))
+    def of_open(self, labels: OpenLabels, network_names: tuple[str, ...]) -> tuple[str, ...]:
+        """Open sessions' labels as the kernel gave them; ``network_names``: those
+        of the rules that gave them (an earlier config's, across a reload)."""
+        values = [labels.direction, _port(labels.port, False),
+                  _FAMILY_NAMES.get(labels.family, str(labels.family))]
+        if self._rules.networks:
+            values.append(_network_name(network_names, labels.network))
         return tuple(values)
 
     def open_labels_of(self, series_labels: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(v for n, v in zip(self.names, series_labels) if n != "comm")
 
-    def _network_name(self, index: int) -> str:
-        if 0 < index <= len(self._options.networks):
-            return self._options.networks[index - 1][0]
-        return OTHER
 
-    def _match_network(self, raddr: bytes) -> str:
-        address = ipaddress.ip_address(raddr)
-        for cidr, name in self._networks:  # longest prefix first, as the LPM trie
-            if cidr.version == address.version and address in cidr:
-                return name
-        return OTHER
+def _network_name(names: tuple[str, ...], index: int) -> str:
+    return names[index - 1] if 0 < index <= len(names) else OTHER
 
 
 def _port(port: int, overflow: bool) -> str:
@@ -187,15 +165,18 @@ def _add_histogram(family: HistogramMetricFamily, labels: tuple[str, ...], le: l
 
 
 def session_families(
-    options: FoldOptions,
+    config: ExporterConfig,
+    rules: LabelRules,
     series: Iterable[Series],
-    open_sessions: list[OpenSession],
-    auto_labelled: set[int],
+    open_sessions: Counter[OpenLabels],
+    network_names: dict[int, tuple[str, ...]],
     loaded_ns: int,
 ) -> list[Metric]:
-    """The session metrics of one scrape. ``loaded_ns``: when the running program
-    was loaded (CLOCK_MONOTONIC), since when label sets known in advance are at zero."""
-    labels = SessionLabels(options)
+    """The session metrics of one scrape. ``network_names``: of every label rules
+    id still in the table; ``loaded_ns``: when the running program was loaded
+    (CLOCK_MONOTONIC), since when label sets known in advance are at zero."""
+    labels = SessionLabels(config, rules)
+    duration_bounds = duration_bounds_ns(config)
     folded: dict[tuple[str, ...], _Folded] = {}
     for one in series:
         if one.overflow and not (sum(one.duration) or one.failed_handshakes):
@@ -203,10 +184,10 @@ def session_families(
         folded.setdefault(labels.of_series(one), _Folded()).add(one)
     for label_values in labels.known_in_advance():
         folded.setdefault(label_values, _Folded()).at_zero_since(
-            loaded_ns, len(options.duration_bounds_ns) + 1, len(options.bytes_bounds) + 1)
+            loaded_ns, len(duration_bounds) + 1, len(config.bytes_bounds) + 1)
 
-    duration_le = _le_values([ns / 1e9 for ns in options.duration_bounds_ns])
-    bytes_le = _le_values(options.bytes_bounds)
+    duration_le = _le_values([ns / 1e9 for ns in duration_bounds])
+    bytes_le = _le_values(config.bytes_bounds)
     # (family, its `le` values, which field of _Folded, divisor of the sum to base units)
     histograms = [
         (HistogramMetricFamily(name, documentation, labels=labels.names), le, field, unit)
@@ -229,7 +210,8 @@ def session_families(
         labels=labels.names)
     open_gauge = GaugeMetricFamily(
         "tcplife_sessions_open",
-        "TCP sessions opened since the exporter (re)loaded and not closed yet.",
+        "TCP sessions opened since the exporter started and not closed yet, by the labels "
+        "given at their birth.",
         labels=labels.open_names)
 
     open_counts: dict[tuple[str, ...], int] = {}
@@ -240,10 +222,9 @@ def session_families(
             _add_histogram(family, label_values, le, getattr(values, field),
                            getattr(values, f"{field}_sum") / unit, created)
         failures.add_metric(list(label_values), values.failed_handshakes, created=created)
-    labelled_ports = labels.open_ports(open_sessions, auto_labelled)
-    for session in open_sessions:
-        key = labels.of_open(session, labelled_ports)
-        open_counts[key] = open_counts.get(key, 0) + 1
+    for open_labels, count in open_sessions.items():
+        key = labels.of_open(open_labels, network_names.get(open_labels.rules, ()))
+        open_counts[key] = open_counts.get(key, 0) + count
     for label_values, count in sorted(open_counts.items()):
         open_gauge.add_metric(list(label_values), count)
     return [family for family, *_ in histograms] + [failures, open_gauge]

@@ -19,7 +19,7 @@ _ADDRESS_BYTES = {4: 4, 6: 16}
 
 
 @dataclass  # not frozen: a frozen dataclass takes twice as long to build
-class Session:
+class ClosedSession:
     """One closed TCP session."""
 
     pid: int  # 0 when the owner is unknown
@@ -42,7 +42,7 @@ class Session:
 
 
 class RecordDecoder:
-    """Turns raw ring-buffer records into ``Session`` objects."""
+    """Turns raw ring-buffer records into ``ClosedSession`` objects."""
 
     def __init__(self, btf: Btf) -> None:
         self._layout = StructLayout(btf, "session_record")
@@ -55,14 +55,14 @@ class RecordDecoder:
     def size(self) -> int:
         return self._layout.size
 
-    def decode(self, data: bytes) -> Session:
+    def decode(self, data: bytes) -> ClosedSession:
         raw = self._layout.unpack(data)
         family = raw["family"]
         if family not in _FAMILIES:
             raise TcplifeError(f"a session record has an unknown address family {family}")
         flags = raw["flags"]
         birth_seen = bool(flags & self._birth_seen)
-        return Session(
+        return ClosedSession(
             pid=raw["pid"],
             comm=_comm_text(raw["comm"]),
             family=family,

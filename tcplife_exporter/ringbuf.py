@@ -6,24 +6,23 @@ of tcplife's CPU time. Here the records are read straight from the mapped
 pages (the layout is the kernel's: include/uapi/linux/bpf.h, BPF_RINGBUF_*),
 and the consumer position is published once per batch.
 
-The reads rely on x86-64's ordering of loads (a record's header is read
-before its body); other architectures use libbpf's consumer (libbpf.py).
+A record's body is read after its header says it is committed, which needs
+loads kept in order: this reader follows inplace.py's rule and is used only
+where the CPU keeps them (x86-64); elsewhere libbpf's consumer (libbpf.py).
 
-Positions and headers are read and written as whole 64- and 32-bit words
-(memoryview items: one memcpy of the item's size, one instruction). The
-kernel reads the consumer position at every reservation; struct.pack_into
-would zero the word before writing it byte by byte, and a reservation
-that saw that zero took the ring for full and dropped its record.
+Positions and headers are read and written as whole 64- and 32-bit words.
+The kernel reads the consumer position at every reservation; struct.pack_into
+would zero the word before writing it byte by byte, and a reservation that
+saw that zero took the ring for full and dropped its record.
 """
 
 from __future__ import annotations
 
 import mmap
-import platform
 import select
 from collections.abc import Callable
 
-from .errors import TcplifeError
+from .inplace import mapped
 
 _BUSY = 1 << 31  # BPF_RINGBUF_BUSY_BIT: reserved, not committed yet
 _DISCARD = 1 << 30  # BPF_RINGBUF_DISCARD_BIT
@@ -31,24 +30,19 @@ _HEADER = 8  # BPF_RINGBUF_HDR_SZ
 _PUBLISH_EVERY = 256  # records: hand space back to the producers now and then
 
 
-def supported() -> bool:
-    return platform.machine() in ("x86_64", "AMD64")
-
-
 class MappedRingBuffer:
     """The consumer side of one BPF_MAP_TYPE_RINGBUF map of ``size`` bytes."""
 
     def __init__(self, map_fd: int, size: int, on_record: Callable[[memoryview], None]) -> None:
         page = mmap.PAGESIZE
+        self._consumer = mapped(map_fd, page, "the ring buffer", writable=True)
+        # The producer page, then the data pages mapped twice in a row, so
+        # that a record wrapping around the end reads as one piece.
         try:
-            self._consumer = mmap.mmap(map_fd, page, mmap.MAP_SHARED,
-                                       mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
-            # The producer page, then the data pages mapped twice in a row, so
-            # that a record wrapping around the end reads as one piece.
-            self._producer = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED,
-                                       mmap.PROT_READ, offset=page)
-        except OSError as err:
-            raise TcplifeError(f"cannot map the ring buffer: {err.strerror}") from None
+            self._producer = mapped(map_fd, page + 2 * size, "the ring buffer", offset=page)
+        except BaseException:
+            self._consumer.close()
+            raise
         self._consumer_position = memoryview(self._consumer).cast("Q")
         self._producer_position = memoryview(self._producer).cast("Q")
         self._view = memoryview(self._producer)

@@ -1,19 +1,22 @@
-"""The BPF program's table of open sessions, sized and read from user space.
+"""The program's table of open sessions: sized, handed over at a reload, and
+read in place to count open sessions by their labels.
 
-The table is two arrays indexed alike (session_keys, session_values in
-bpf/tcplife.bpf.c): a socket's session sits in one of 16 slots from its hash
-on, and a key of 0 marks a free slot. User space picks the size and reads the
-arrays through a shared mapping, without a copy or a system call.
+The table is two arrays indexed alike (bpf/open_sessions.h): socket addresses
+in session_keys, struct open_session in session_values. Each slot begins
+with its session's labels (struct session_labels), one 64-bit word that the
+program writes whole once the slot is filled and clears first when it frees
+it (0: no labels). Reading only that word, one load per slot, needs no
+ordering between loads (inplace.py's rule), on any CPU.
 """
 
 from __future__ import annotations
 
-import itertools
-import mmap
-import struct
+from collections import Counter
+from dataclasses import dataclass
 
 from .btf import Btf
 from .errors import TcplifeError
+from .inplace import mapped
 from .layout import StructLayout
 from .libbpf import BpfObject
 
@@ -34,52 +37,46 @@ def size(obj: BpfObject, max_sessions: int) -> None:
         obj.set_max_entries(name, slots_for(max_sessions))
 
 
-def _stride(value_size: int) -> int:
-    return (value_size + 7) // 8 * 8  # array elements are 8-byte aligned
+@dataclass(frozen=True)
+class OpenLabels:
+    """The labels of open sessions, as the kernel gave them at their birth."""
+
+    direction: str  # "inbound" or "outbound"
+    family: int
+    port: int  # 0: other
+    network: int  # 0: other, else 1 + index into the networks of `rules`
+    rules: int  # which label rules gave them (folding.LabelRules, numbered by the exporter)
 
 
-def _mapped(obj: BpfObject, name: str, stride: int, slots: int) -> mmap.mmap:
-    length = -(-stride * slots // mmap.PAGESIZE) * mmap.PAGESIZE
-    try:
-        return mmap.mmap(obj.map_fd(name), length, mmap.MAP_SHARED, mmap.PROT_READ)
-    except OSError as err:
-        raise TcplifeError(f"cannot map the BPF map {name}: {err.strerror}") from None
-
-
-class SessionTable:
-    """The open sessions, read in place while the kernel writes them."""
+class OpenSessions:
+    """Counts the open sessions of a loaded program, by labels, at scrape time."""
 
     def __init__(self, obj: BpfObject, btf: Btf, max_sessions: int) -> None:
         slots = slots_for(max_sessions)
-        self._layout = StructLayout(btf, "session")
-        self._stride = _stride(self._layout.size)
-        _size, fields = btf.struct("session")
-        self._birth = struct.Struct("=Q")
-        self._birth_offset = next(f.offset for f in fields if f.name == "birth_ns")
-        self._keys = _mapped(obj, KEYS, 8, slots)  # a __u64 a slot
-        try:
-            self._values = _mapped(obj, VALUES, self._stride, slots)
-        except TcplifeError:
-            self._keys.close()
-            raise
-        self._slots = slots
+        size, fields = btf.struct("open_session")
+        stride = (size + 7) // 8 * 8  # array elements are 8-byte aligned
+        offset = next(f.offset for f in fields if f.name == "labels")
+        if offset % 8:
+            raise TcplifeError("struct open_session's labels are not an aligned word")
+        self._labels = StructLayout(btf, "session_labels")
+        self._directions = btf.enum_labels("direction", "DIRECTION_")
+        self._mapping = mapped(obj.map_fd(VALUES), stride * slots, f"the BPF map {VALUES}")
+        self._views = [memoryview(self._mapping)]
+        self._views.append(self._views[-1].cast("Q"))
+        words_per_slot = stride // 8
+        self._views.append(self._views[-1][offset // 8 : slots * words_per_slot : words_per_slot])
 
-    def sessions(self) -> list[dict]:
-        """The session of every occupied slot, as the BTF layout of struct
-        session. The program publishes birth_ns last and clears it first (see
-        session_publish()): a slot whose birth_ns changed while it was read was
-        being refilled, and is left out."""
-        with memoryview(self._keys) as raw, raw.cast("Q") as keys:
-            occupied = list(itertools.compress(range(self._slots), keys))
-        found = []
-        for index in occupied:
-            offset = index * self._stride
-            session = self._layout.unpack(self._values, offset)
-            (birth_now,) = self._birth.unpack_from(self._values, offset + self._birth_offset)
-            if birth_now == session["birth_ns"]:
-                found.append(session)
+    def count(self) -> Counter[OpenLabels]:
+        by_word = Counter(word for word in self._views[-1].tolist() if word)
+        found: Counter[OpenLabels] = Counter()
+        for word, sessions in by_word.items():
+            labels = self._labels.unpack(word.to_bytes(8, "little"))
+            direction = self._directions.get(labels["direction"], "unknown")
+            found[OpenLabels(direction, labels["family"], labels["port"], labels["network"],
+                             labels["rules"])] += sessions
         return found
 
     def close(self) -> None:
-        self._keys.close()
-        self._values.close()
+        for view in reversed(self._views):
+            view.release()
+        self._mapping.close()

@@ -11,8 +11,9 @@ from collections.abc import Callable, Sequence
 
 from .errors import TcplifeError
 from .formats import Formatter, OutputStyle
-from .records import Session
-from .tracer import SessionFilter, SessionTracer, TracerOptions
+from .options import SessionFilter
+from .records import ClosedSession
+from .tracer import SessionTracer, TracerOptions
 
 EXAMPLES = """\
 examples:
@@ -113,7 +114,7 @@ def trace(args: argparse.Namespace) -> int:
     )
     batch: list[str] = []
 
-    def on_session(session: Session) -> None:
+    def on_session(session: ClosedSession) -> None:
         batch.append(formatter.line(session))
 
     with SessionTracer(options_from(args), on_session) as tracer:

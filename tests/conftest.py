@@ -9,7 +9,7 @@ import pytest
 from .tracing import TcplifeProcess
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
+def pytest_sessionstart(session: pytest.ClosedSession) -> None:
     # These tests load BPF programs: a run without root would test nothing.
     if os.geteuid() != 0:
         pytest.exit("the test suite loads BPF programs and must run as root", returncode=1)

@@ -333,8 +333,8 @@ def test_a_full_session_table_is_counted_and_adds_up(tmp_path, ports):
 
 
 def test_open_sessions_on_a_port_not_yet_labelled(tmp_path, ports):
-    """Automatic mode labels a port at its first close; a long-lived first
-    session shows under its own port while still open."""
+    """Automatic mode gives a port its label at its first session's birth: a
+    long-lived first session shows under its own port while still open."""
     port = ports[0]
     with ExporterProcess("ports: {auto: true}\n" + IPV6_ONLY, workdir=tmp_path) as exporter:
         listener = socket.create_server((V6, port), family=socket.AF_INET6)

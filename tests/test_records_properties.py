@@ -1,5 +1,5 @@
-"""Whatever bytes arrive as a session record, decoding gives a Session or the
-project's own error, and every output format renders the Session as one line."""
+"""Whatever bytes arrive as a session record, decoding gives a ClosedSession or the
+project's own error, and every output format renders the ClosedSession as one line."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from tcplife_exporter.formats import Formatter, OutputStyle
 from tcplife_exporter.layout import StructLayout
 from tcplife_exporter.libbpf import BpfObject
 from tcplife_exporter.records import RecordDecoder
-from tcplife_exporter.tracer import bpf_object_path
+from tcplife_exporter.program import bpf_object_path
 
 # Mostly the two that decode, so that the formatters see many records.
 FAMILIES = st.sampled_from([4, 6]) | st.integers(0, 255)

@@ -12,17 +12,18 @@ from typing import NoReturn
 
 import pytest
 
-from tcplife_exporter import ringbuf
-from tcplife_exporter.tracer import SessionFilter, SessionTracer, TracerOptions
+from tcplife_exporter import inplace
+from tcplife_exporter.options import SessionFilter
+from tcplife_exporter.tracer import SessionTracer, TracerOptions
 
 from .traffic import Load, free_port, run_load
 
 
 @pytest.mark.parametrize("mapped", [True, False], ids=["mapped", "libbpf"])
 def test_every_record_arrives(monkeypatch, mapped):
-    if mapped and not ringbuf.supported():
+    if mapped and not inplace.loads_in_order():
         pytest.fail("the mapped reader is the one used on this machine: it must be tested")
-    monkeypatch.setattr(ringbuf, "supported", lambda: mapped)
+    monkeypatch.setattr(inplace, "loads_in_order", lambda: mapped)
     port = free_port(socket.AF_INET6)
     seen = []
     options = TracerOptions(filter=SessionFilter(family=6), wakeup_bytes=4096)
@@ -77,7 +78,7 @@ def test_the_consumer_position_is_never_seen_going_back():
     """The kernel reads the consumer position at every reservation: a value
     below the true one, even for nanoseconds, makes the ring look full and
     drops a record."""
-    if not ringbuf.supported():
+    if not inplace.loads_in_order():
         pytest.fail("the mapped reader is the one used on this machine: it must be tested")
     port = free_port()
     seen = []
