@@ -9,7 +9,10 @@
 #   make install  the systemd service: /opt/tcplife-exporter, /etc/tcplife-exporter,
 #                 the unit (deploy/install.sh; INSTALL_ARGS for other directories)
 #   make uninstall  removes it again, keeping the config
-PYTHON ?= python3
+# The distribution's Python (python3-venv): the unprivileged test layer runs the
+# virtual environment's interpreter as nobody, which a Python installed under
+# a private home directory (pyenv in /root) would refuse.
+PYTHON ?= /usr/bin/python3
 VENV ?= .venv
 BPF_OBJ := tcplife_exporter/bpf/tcplife.bpf.o
 BPF_SRC := bpf/tcplife.bpf.c $(wildcard bpf/*.h)
@@ -29,8 +32,12 @@ run: venv
 tcplife: venv
 	$(VENV)/bin/tcplife
 
+# First the tests that need no root, run as nobody (proof that they do not),
+# then everything, BPF tests included.
 test: test-deps test-venv
 	$(VENV)/bin/ruff check tcplife_exporter tests bench setup.py
+	setpriv --reuid=65534 --regid=65534 --clear-groups \
+		$(VENV)/bin/pytest -q -m "not bpf" -p no:cacheprovider tests
 	$(VENV)/bin/pytest -v tests
 
 bench: test-deps test-venv

@@ -1,18 +1,49 @@
-"""Fixtures that run the real ``tcplife`` command against real TCP traffic."""
+"""Test layers and shared fixtures.
+
+Tests that load BPF programs carry the ``bpf`` marker and need root; the
+others (configuration, layouts, exposition, formats, metric building,
+deployment files) run as any user in seconds: ``pytest -m "not bpf"``.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
-from .tracing import TcplifeProcess
+from tcplife_exporter.btf import Btf
+from tcplife_exporter.libbpf import BpfObject
+from tcplife_exporter.program import bpf_object_path
+
+from .helpers.tracing import TcplifeProcess
+
+if os.geteuid() != 0:
+    # An unprivileged run may not write hypothesis' example database into the checkout.
+    settings.register_profile("unprivileged", database=None)
+    settings.load_profile("unprivileged")
 
 
-def pytest_sessionstart(session: pytest.ClosedSession) -> None:
-    # These tests load BPF programs: a run without root would test nothing.
-    if os.geteuid() != 0:
-        pytest.exit("the test suite loads BPF programs and must run as root", returncode=1)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "bpf: loads BPF programs into the kernel, or needs root otherwise")
+
+
+@pytest.hookimpl(trylast=True)  # after -m has deselected
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # A kernel test without root would test nothing: refuse rather than skip.
+    if os.geteuid() != 0 and any(item.get_closest_marker("bpf") for item in items):
+        pytest.exit('these tests load BPF programs and must run as root (or select the '
+                    'others with -m "not bpf")', returncode=1)
+
+
+@pytest.fixture(scope="session")
+def btf() -> Iterator[Btf]:
+    """The compiled program's BTF: opened, not loaded (no root needed)."""
+    obj = BpfObject(bpf_object_path())
+    yield Btf(obj.btf_ptr)
+    obj.close()
 
 
 @pytest.fixture(scope="module")

@@ -9,46 +9,21 @@ import time
 
 import pytest
 
-from .peers import Plan, Result, run_session
+from .helpers.peers import (
+    CLOSES,
+    Plan,
+    assert_exact,
+    assert_owned,
+    assert_unknown_or_owned,
+    reported,
+    run_session,
+)
+
+pytestmark = pytest.mark.bpf
 
 MS = 1_000_000
 
 
-def reported(tcplife, result: Result) -> tuple[dict, dict]:
-    """The client's and the server's session records for one run."""
-    c, s = result.client, result.server
-    (client,) = tcplife.matching(c.lport, c.rport)
-    (server,) = tcplife.matching(s.lport, s.rport)
-    return client, server
-
-
-def assert_exact(tcplife, result: Result) -> tuple[dict, dict]:
-    client, server = reported(tcplife, result)
-    for record, end in ((client, result.client), (server, result.server)):
-        assert (record["tx_bytes"], record["rx_bytes"]) == (end.sent, end.received), record
-        assert record["laddr"] == end.laddr and record["raddr"] == end.raddr
-    assert client["direction"] == "outbound" and server["direction"] == "inbound"
-    return client, server
-
-
-def assert_owned(record: dict, end) -> None:
-    assert (record["pid"], record["comm"]) == (end.pid, end.comm), record
-
-
-def assert_unknown_or_owned(record: dict, end) -> None:
-    if record["pid"] == 0:
-        assert record["comm"] == "", record
-    else:
-        assert_owned(record, end)
-
-
-CLOSES = [
-    pytest.param("client", False, id="client-closes-first"),
-    pytest.param("server", False, id="server-closes-first"),
-    pytest.param("both", False, id="both-close-at-once"),
-    pytest.param("client", True, id="client-resets"),
-    pytest.param("server", True, id="server-resets"),
-]
 SIZES = [(0, 0), (1, 0), (0, 1), (12345, 5000), (4097, 65537)]
 
 

@@ -9,8 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .tracing import REPO
-from .traffic import build_churn
+import pytest
+
+from .helpers.tracing import REPO
+from .helpers.traffic import build_churn
+
+pytestmark = pytest.mark.bpf
 
 
 def test_churn_counts_every_session_and_rejects_bad_arguments(tmp_path):

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from .exporting import EXPORTER
-from .peers import Plan, run_session
-from .tracing import REPO, TCPLIFE, TcplifeProcess
+from .helpers.exporting import EXPORTER
+from .helpers.peers import Plan, run_session
+from .helpers.tracing import REPO, TCPLIFE, TcplifeProcess
 
 HEADER = "PID   COMM       LADDR           LPORT RADDR           RPORT TX_KB RX_KB MS"
 
@@ -47,6 +47,7 @@ def one_session(proc: TcplifeProcess, **plan) -> tuple[object, list[str]]:
     return result, arrived()
 
 
+@pytest.mark.bpf
 def test_default_columns_match_bcc():
     with TcplifeProcess([]) as proc:
         result, lines = one_session(proc, client_sends=4096, server_sends=10 * 1024 + 5,
@@ -62,6 +63,7 @@ def test_default_columns_match_bcc():
     assert server[1] == "tl-server" and server[6:8] == ["10", "4"]
 
 
+@pytest.mark.bpf
 def test_wide_csv_and_time_columns():
     with TcplifeProcess(["-w", "-T", "-t"]) as proc:
         _, lines = one_session(proc, family=6, server_addr="::1")
@@ -78,6 +80,7 @@ def test_wide_csv_and_time_columns():
         assert len(fields) == 12 and fields[4] == "4" and fields[5] == "127.0.0.1"
 
 
+@pytest.mark.bpf
 def test_json_keys_and_types(tcplife):
     result = run_session(Plan(client_sends=5, server_sends=6))
     (record,) = tcplife.matching(result.client.lport, result.client.rport)
@@ -90,6 +93,7 @@ def test_json_keys_and_types(tcplife):
     assert "\n" not in line
 
 
+@pytest.mark.bpf
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signals_exit_cleanly(sig):
     with TcplifeProcess(["--json"]) as proc:
@@ -97,6 +101,7 @@ def test_signals_exit_cleanly(sig):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.bpf
 def test_works_in_a_pipe_that_closes():
     # `tcplife | head -2`: the header and one line, then a clean exit.
     pipeline = subprocess.Popen(
@@ -131,6 +136,7 @@ BAD_OPTIONS = [
 ]
 
 
+@pytest.mark.bpf
 @pytest.mark.parametrize(("args", "message"), BAD_OPTIONS)
 def test_bad_options_one_clear_line(args, message):
     done = run_tcplife(args)
@@ -176,6 +182,7 @@ TOOLS = [
 ]
 
 
+@pytest.mark.bpf
 @pytest.mark.parametrize(("command", "name"), TOOLS)
 def test_unprivileged_user_gets_a_clear_message(readable_copy, command, name):
     done = subprocess.run([*as_nobody(), *command], cwd=readable_copy, capture_output=True,
@@ -186,6 +193,7 @@ def test_unprivileged_user_gets_a_clear_message(readable_copy, command, name):
         "CAP_NET_ADMIN; this process lacks CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN")
 
 
+@pytest.mark.bpf
 def test_bpf_perfmon_and_net_admin_capabilities_are_enough(readable_copy):
     with TcplifeProcess(["--json"], prefix=as_nobody("+bpf,+perfmon,+net_admin"),
                         cwd=readable_copy) as proc:
@@ -193,6 +201,7 @@ def test_bpf_perfmon_and_net_admin_capabilities_are_enough(readable_copy):
         assert proc.matching(result.client.lport, result.client.rport)
 
 
+@pytest.mark.bpf
 def test_without_net_admin_the_message_names_it(readable_copy):
     done = subprocess.run([*as_nobody("+bpf,+perfmon"), *TCPLIFE], cwd=readable_copy,
                           capture_output=True, text=True, timeout=30)
@@ -206,6 +215,7 @@ def in_mount_namespace(setup: str) -> list[str]:
             f'{setup} && exec "$@"', "sh"]
 
 
+@pytest.mark.bpf  # root: a mount namespace
 @pytest.mark.parametrize(("command", "name"), TOOLS)
 def test_kernel_without_btf(command, name):
     done = run_tool(command, in_mount_namespace("mount -t tmpfs none /sys/kernel/btf"))
@@ -215,6 +225,7 @@ def test_kernel_without_btf(command, name):
         "needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (Linux 5.5 or newer)")
 
 
+@pytest.mark.bpf  # root: a mount namespace
 @pytest.mark.parametrize(("command", "name"), TOOLS)
 def test_libbpf_missing(command, name):
     hide = ("for lib in $(ldconfig -p | awk '/libbpf.so.1 /{print $NF}'); do "
@@ -224,6 +235,7 @@ def test_libbpf_missing(command, name):
     assert done.stderr.strip().startswith(f"{name}: libbpf.so.1 was not found: install")
 
 
+@pytest.mark.bpf
 def test_hostile_process_names_stay_on_one_line():
     name = 'a,b"c\nd'
     for args, parse in (([], lambda line: line.split()[1]),
@@ -234,6 +246,7 @@ def test_hostile_process_names_stay_on_one_line():
         assert parse(client) == 'a,b"c\\x0ad'
 
 
+@pytest.mark.bpf
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_during_start_up_exits_cleanly(sig):
     proc = subprocess.Popen(TCPLIFE, cwd=REPO, stdout=subprocess.PIPE,

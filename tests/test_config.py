@@ -9,8 +9,8 @@ import pytest
 
 from tcplife_exporter.config import ConfigError, ExporterConfig, load_config, parse_config
 
-from .exporting import EXPORTER
-from .tracing import REPO
+from .helpers.exporting import EXPORTER
+from .helpers.tracing import REPO
 
 
 def test_the_example_documents_exactly_the_defaults():
@@ -90,6 +90,7 @@ def test_an_unreadable_file_is_named(tmp_path):
         load_config(str(binary))
 
 
+@pytest.mark.bpf
 @pytest.mark.parametrize(("text", "message"), BAD[:4] + BAD[12:14])
 def test_the_exporter_refuses_a_bad_config_in_one_line(tmp_path, text, message):
     path = tmp_path / "bad.yaml"

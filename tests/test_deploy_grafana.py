@@ -17,10 +17,10 @@ from prometheus_client.utils import floatToGoString
 
 from tcplife_exporter.config import DEFAULT_DURATION_BOUNDS
 
-from .exporting import ExporterProcess
-from .prometheus_server import PrometheusServer
-from .tracing import REPO
-from .traffic import Load, free_port, refused_connects, run_load
+from .helpers.exporting import ExporterProcess
+from .helpers.prometheus_server import PrometheusServer
+from .helpers.tracing import REPO
+from .helpers.traffic import Load, free_port, refused_connects, run_load
 
 DASHBOARD_PATH = REPO / "deploy" / "grafana" / "tcplife-exporter.json"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
@@ -221,6 +221,7 @@ def scraped(tmp_path_factory):
         yield prometheus, instance, (str(quick), str(slow))
 
 
+@pytest.mark.bpf
 def test_every_panel_query_has_data(scraped):
     prometheus, instance, (quick, slow) = scraped
     dashboard = load_dashboard()
@@ -265,6 +266,7 @@ def _outside_selection(where: str, result: list[dict], chosen: Selection) -> lis
     return wrong
 
 
+@pytest.mark.bpf
 def test_every_variable_query_has_values(scraped):
     prometheus, instance, (quick, slow) = scraped
     template = variables(load_dashboard())

@@ -25,10 +25,10 @@ from tcplife_exporter import preflight
 from tcplife_exporter.config import ExporterConfig, parse_config
 from tcplife_exporter.exporter_cli import build_parser
 
-from .exporting import ExporterProcess, Samples, parse_samples, total, value
-from .peers import Plan, run_session
-from .tracing import REPO, ToolProcess
-from .traffic import free_port
+from .helpers.exporting import ExporterProcess, Samples, parse_samples, total, value
+from .helpers.peers import Plan, run_session
+from .helpers.tracing import REPO, ToolProcess
+from .helpers.traffic import free_port
 
 DEPLOY = REPO / "deploy" / "kubernetes"
 KUSTOMIZATION = "kustomization.yaml"
@@ -203,6 +203,7 @@ def test_minimal_schema():
 # --- the objects agree with each other -----------------------------------------------------
 
 
+@pytest.mark.bpf
 def test_the_servicemonitor_names_the_job_the_alerts_watch():
     alerts = (REPO / "deploy/prometheus/rules/tcplife-alerts.yml").read_text()
     watched = set(re.findall(r'job="([^"]+)"', alerts))
@@ -244,6 +245,7 @@ def test_labels_selectors_and_port_names_agree():
 # --- the objects agree with the exporter ---------------------------------------------------
 
 
+@pytest.mark.bpf
 def test_command_is_the_exporter_and_the_image_entrypoint():
     # The console script pip installs (pyproject.toml's [project.scripts]).
     scripts = {ep.name: ep.value for ep in metadata.distribution("tcplife-exporter").entry_points
@@ -403,6 +405,7 @@ def scrape_until(url: str, done, timeout: float = 10) -> Samples:
         time.sleep(0.1)
 
 
+@pytest.mark.bpf
 def test_daemonset_command_runs_with_the_pods_privileges(tmp_path):
     port = free_port()
     executable = Path(sys.executable).parent / container()["command"][0]

@@ -1,7 +1,7 @@
 """deploy/install.sh and the systemd unit, tried as an operator would: installed
 into directories of their own, verified by systemd-analyze, and the unit's exact
 ExecStart run as an unprivileged user with the unit's capabilities, file-system
-view, system-call filter and W^X memory (tests/sandbox_exec.py)."""
+view, system-call filter and W^X memory (tests/helpers/sandbox_exec.py)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from .exporting import ExporterProcess, total, value
-from .systemd_sandbox import SANDBOX_UID, SYSTEM_PYTHON, sandboxed_exec_start, service_settings
-from .tracing import ToolProcess
-from .traffic import Load, free_port, run_load
+from .helpers.exporting import ExporterProcess, total, value
+from .helpers.systemd_sandbox import (
+    SANDBOX_UID,
+    SYSTEM_PYTHON,
+    sandboxed_exec_start,
+    service_settings,
+)
+from .helpers.tracing import ToolProcess
+from .helpers.traffic import Load, free_port, run_load
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALL = REPO / "deploy" / "install.sh"
@@ -80,6 +85,7 @@ def proc_status(pid: int) -> dict[str, str]:
     return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
 
 
+@pytest.mark.bpf
 def test_install_puts_the_environment_config_and_unit_in_place(installed):
     assert (installed.base / "venv" / "bin" / "tcplife-exporter").exists()
     assert installed.config.read_text() == (REPO / "config.example.yaml").read_text()
@@ -91,12 +97,14 @@ def test_install_puts_the_environment_config_and_unit_in_place(installed):
     assert exec_start.startswith(str(installed.base / "venv" / "bin" / "tcplife-exporter "))
 
 
+@pytest.mark.bpf
 def test_systemd_analyze_verifies_the_unit(installed):
     done = subprocess.run(["systemd-analyze", "verify", str(installed.unit)],
                           capture_output=True, text=True)
     assert done.returncode == 0 and not done.stderr.strip(), done.stderr
 
 
+@pytest.mark.bpf
 def test_the_readme_gives_the_units_exposure_score():
     done = subprocess.run(["systemd-analyze", "security", "--offline=true", str(REPO_UNIT)],
                           capture_output=True, text=True)
@@ -107,6 +115,7 @@ def test_the_readme_gives_the_units_exposure_score():
     assert f"exposure level {score.group(1)}" in readme
 
 
+@pytest.mark.bpf
 def test_the_sandbox_applies_the_units_restrictions(installed):
     """The emulation bites: what the unit forbids fails inside it."""
     probe = installed.base / "probe.py"
@@ -136,6 +145,7 @@ def test_the_sandbox_applies_the_units_restrictions(installed):
                        "root": "hidden", "uid": str(SANDBOX_UID)}, done.stdout  # EROFS, EPERM
 
 
+@pytest.mark.bpf
 def test_exec_start_serves_exact_metrics_as_the_units_user(installed):
     """The unit's exact command line, confined as the unit says, folds real IPv6
     sessions exactly, reloads a changed config (a new BPF program loaded and
@@ -171,6 +181,7 @@ def test_exec_start_serves_exact_metrics_as_the_units_user(installed):
         assert exporter.stop(signal.SIGTERM) == 0, exporter.stderr
 
 
+@pytest.mark.bpf
 def test_reinstall_keeps_the_config_and_uninstall_removes_the_rest(installed):
     # Last in this file: it removes what the other tests use.
     installed.config.write_text("# the operator's own\n")

@@ -11,8 +11,10 @@ import pytest
 from tcplife_exporter.folding import ephemeral_port_range
 from tcplife_exporter.session_table import slots_for
 
-from .exporting import ExporterProcess, select, total, value
-from .traffic import Load, free_port, refused_connects, run_load
+from .helpers.exporting import ExporterProcess, select, total, value
+from .helpers.traffic import Load, free_port, refused_connects, run_load
+
+pytestmark = pytest.mark.bpf
 
 DURATION = "tcplife_session_duration_seconds"
 SENT = "tcplife_session_sent_bytes"

@@ -14,9 +14,11 @@ import urllib.request
 
 import pytest
 
-from .exporting import ExporterProcess, parse_samples
-from .tracing import TcplifeProcess
-from .traffic import build_churn
+from .helpers.exporting import ExporterProcess, parse_samples
+from .helpers.tracing import TcplifeProcess
+from .helpers.traffic import build_churn
+
+pytestmark = pytest.mark.bpf
 
 
 def test_a_stalled_tcplife_reports_exactly_what_the_full_ring_dropped(tmp_path):

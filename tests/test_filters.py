@@ -11,7 +11,9 @@ import time
 
 import pytest
 
-from .tracing import TcplifeProcess
+from .helpers.tracing import TcplifeProcess
+
+pytestmark = pytest.mark.bpf
 
 PER_TARGET = 3  # sessions to each (family, port)
 

@@ -10,8 +10,10 @@ import zipfile
 
 import pytest
 
-from .peers import Plan, run_session
-from .tracing import REPO, TcplifeProcess
+from .helpers.peers import Plan, run_session
+from .helpers.tracing import REPO, TcplifeProcess
+
+pytestmark = pytest.mark.bpf
 
 BPF_OBJECT = "tcplife_exporter/bpf/tcplife.bpf.o"
 

@@ -46,6 +46,7 @@ char LICENSE[] SEC("license") = "GPL";
 """
 
 
+@pytest.mark.bpf
 def test_the_verdict_of_a_long_verifier_log_reaches_the_error(tmp_path):
     source, obj = tmp_path / "bad.bpf.c", tmp_path / "bad.bpf.o"
     source.write_text(LONG_THEN_BAD)

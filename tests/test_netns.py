@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from .netns import VethPair
-from .peers import Plan, run_session
-from .test_accuracy import CLOSES, assert_exact, assert_owned
+from .helpers.netns import VethPair
+from .helpers.peers import CLOSES, Plan, assert_exact, assert_owned, run_session
+
+pytestmark = pytest.mark.bpf
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,13 @@ import socket
 import threading
 import time
 
-from .exporting import ExporterProcess, total, value
-from .prometheus_server import PrometheusServer
-from .traffic import Load, free_port, run_load
+import pytest
+
+from .helpers.exporting import ExporterProcess, total, value
+from .helpers.prometheus_server import PrometheusServer
+from .helpers.traffic import Load, free_port, run_load
+
+pytestmark = pytest.mark.bpf
 
 HOSTILE_COMM = b'q"\\\n}\xfe'
 MEDIAN_BY_PORT = ("histogram_quantile(0.5, sum by (le, port) "

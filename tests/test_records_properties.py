@@ -5,29 +5,18 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from tcplife_exporter.btf import Btf
 from tcplife_exporter.errors import TcplifeError
 from tcplife_exporter.formats import Formatter, OutputStyle
 from tcplife_exporter.layout import StructLayout
-from tcplife_exporter.libbpf import BpfObject
 from tcplife_exporter.records import RecordDecoder
-from tcplife_exporter.program import bpf_object_path
 
 # Mostly the two that decode, so that the formatters see many records.
 FAMILIES = st.sampled_from([4, 6]) | st.integers(0, 255)
 STYLES = [OutputStyle(), OutputStyle(wide=True), OutputStyle(csv=True, timestamp=True),
           OutputStyle(clock_time=True), OutputStyle(json=True)]
-
-
-@pytest.fixture(scope="module")
-def btf():
-    obj = BpfObject(bpf_object_path())  # opened, not loaded: its BTF is all we need
-    yield Btf(obj.btf_ptr)
-    obj.close()
 
 
 def renders_or_refuses(decoder: RecordDecoder, data: bytes) -> None:

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from .exporting import ExporterProcess, select, value
-from .traffic import Load, free_port, run_load
+from .helpers.exporting import ExporterProcess, select, value
+from .helpers.traffic import Load, free_port, run_load
+
+pytestmark = pytest.mark.bpf
 
 COUNT = "tcplife_session_sent_bytes_count"
 RELOAD_OK = "tcplife_exporter_config_last_reload_successful"
@@ -113,6 +115,40 @@ def test_a_reload_that_keeps_the_buckets_continues_the_counters(tmp_path):
     for direction in ("outbound", "inbound"):
         assert value(samples, COUNT, direction=direction, port=str(port), family="ipv6") == 4
     assert "folded counters go on" in exporter.stderr
+
+
+def test_a_reload_that_changes_the_label_rules_labels_open_sessions_again(tmp_path):
+    """Labels are given at the birth; a session open across a reload that
+    changes the port and network rules shows under its birth labels while
+    open, and is folded under the new rules at its close."""
+    port = free_port(socket.AF_INET6)
+    before = f"ports: {{labelled: [{port}], auto: false}}\nfilters: {{family: ipv6}}\n"
+    after = ("ports: {labelled: [], auto: false}\nfilters: {family: ipv6}\n"
+             "remote_networks: {loopback: ['::1/128']}\n")
+    with ExporterProcess(before, workdir=tmp_path) as exporter:
+        listener = socket.create_server(("::1", port), family=socket.AF_INET6)
+        client = socket.create_connection(("::1", port))
+        server, _ = listener.accept()
+        exporter.wait_until(lambda s: value(s, "tcplife_sessions_open", direction="outbound",
+                                            port=str(port), family="ipv6") == 1)
+        exporter.config_path.write_text(after)
+        exporter.proc.send_signal(signal.SIGHUP)
+        samples = exporter.wait_until(lambda s: any(
+            "remote_network" in dict(lab) for lab in select(s, "tcplife_sessions_open")))
+        for direction in ("outbound", "inbound"):
+            assert value(samples, "tcplife_sessions_open", direction=direction,
+                         port=str(port), family="ipv6", remote_network="other") == 1
+        for sock in (client, server, listener):
+            sock.close()
+        samples = exporter.wait_until(lambda s: value(
+            s, COUNT, direction="inbound", port="other", family="ipv6",
+            remote_network="loopback") == 1)
+    for direction in ("outbound", "inbound"):
+        assert value(samples, COUNT, direction=direction, port="other", family="ipv6",
+                     remote_network="loopback") == 1
+        assert value(samples, "tcplife_sessions_open", direction=direction, port=str(port),
+                     family="ipv6", remote_network="other") == 0
+    assert "folded counters restart" in exporter.stderr
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

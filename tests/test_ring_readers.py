@@ -16,7 +16,9 @@ from tcplife_exporter import inplace
 from tcplife_exporter.options import SessionFilter
 from tcplife_exporter.tracer import SessionTracer, TracerOptions
 
-from .traffic import Load, free_port, run_load
+from .helpers.traffic import Load, free_port, run_load
+
+pytestmark = pytest.mark.bpf
 
 
 @pytest.mark.parametrize("mapped", [True, False], ids=["mapped", "libbpf"])

@@ -10,10 +10,13 @@ import socket
 import threading
 from collections import Counter
 
-from .peers import Plan, run_session
-from .test_accuracy import assert_owned
-from .tracing import TcplifeProcess
-from .traffic import Load, free_port, run_load
+import pytest
+
+from .helpers.peers import Plan, assert_owned, run_session
+from .helpers.tracing import TcplifeProcess
+from .helpers.traffic import Load, free_port, run_load
+
+pytestmark = pytest.mark.bpf
 
 
 def test_session_opened_under_an_earlier_tcplife_is_reported_without_a_lifespan():

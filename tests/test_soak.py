@@ -7,7 +7,11 @@ import json
 import subprocess
 import sys
 
-from .tracing import REPO
+import pytest
+
+from .helpers.tracing import REPO
+
+pytestmark = pytest.mark.bpf
 
 
 def test_a_minute_of_churn_every_scrape_answers_memory_flat_counts_exact(tmp_path):

@@ -24,8 +24,8 @@ from prometheus_client import CollectorRegistry
 
 from tcplife_exporter import web
 
-from .exporting import EXPORTER, ExporterProcess, parse_samples
-from .tracing import REPO
+from .helpers.exporting import EXPORTER, ExporterProcess, parse_samples
+from .helpers.tracing import REPO
 
 
 def get(url: str, user: str | None = None, password: str = "",
@@ -46,6 +46,7 @@ def run_exporter(*args: str) -> subprocess.CompletedProcess:
                           timeout=30)
 
 
+@pytest.mark.bpf
 def test_landing_page_custom_path_and_not_found(tmp_path):
     args = ["--web.telemetry-path", "/custom"]
     with ExporterProcess(args=args, workdir=tmp_path) as exporter:
@@ -77,6 +78,7 @@ def write_web_config(tmp_path, text: str):
     return ["--web.config.file", str(path)]
 
 
+@pytest.mark.bpf
 def test_tls_and_basic_auth(tmp_path, certificate):
     cert, key = certificate
     hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
@@ -107,6 +109,7 @@ basic_auth_users:
         assert get(url, "alice", "s3cret", context=trusting)[0] == 200
 
 
+@pytest.mark.bpf
 def test_a_silent_client_does_not_block_scrapes(tmp_path, certificate):
     cert, key = certificate
     web = write_web_config(tmp_path, f"tls_server_config: {{cert_file: {cert}, "
@@ -122,6 +125,7 @@ def test_a_silent_client_does_not_block_scrapes(tmp_path, certificate):
                 sock.close()
 
 
+@pytest.mark.bpf
 def test_port_in_use_is_one_line(tmp_path):
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
@@ -175,6 +179,7 @@ def test_bad_web_config_kinds_that_need_a_certificate(tmp_path, certificate):
         assert done.returncode == 1 and message in done.stderr, done.stderr
 
 
+@pytest.mark.bpf
 def test_client_certificates_are_verified(tmp_path, certificate, tmp_path_factory):
     cert, key = certificate
     client_dir = tmp_path_factory.mktemp("client")
@@ -199,6 +204,7 @@ tls_server_config:
             get(url, context=ssl.create_default_context(cafile=str(cert)))
 
 
+@pytest.mark.bpf
 def test_a_client_reset_is_not_a_traceback(tmp_path):
     with ExporterProcess(workdir=tmp_path) as exporter:
         for _ in range(3):
@@ -211,6 +217,7 @@ def test_a_client_reset_is_not_a_traceback(tmp_path):
     assert "Traceback" not in exporter.stderr and "Exception" not in exporter.stderr
 
 
+@pytest.mark.bpf
 def test_ipv6_listen_address_and_version(tmp_path):
     exporter = ExporterProcess(workdir=tmp_path)
     exporter.argv[exporter.argv.index(f"127.0.0.1:{exporter.port}")] = f"[::1]:{exporter.port}"
@@ -221,6 +228,7 @@ def test_ipv6_listen_address_and_version(tmp_path):
     assert done.returncode == 0 and done.stdout.startswith("tcplife-exporter ")
 
 
+@pytest.mark.bpf
 @pytest.mark.parametrize("attempt", range(3))
 def test_sigterm_during_scrapes_exits_cleanly(tmp_path, attempt):
     """Keep-alive scrapers still running while the exporter shuts down (a race:
@@ -246,6 +254,7 @@ def test_sigterm_during_scrapes_exits_cleanly(tmp_path, attempt):
     assert "Traceback" not in exporter.stderr
 
 
+@pytest.mark.bpf
 def test_all_interfaces_means_ipv4_too_even_with_bindv6only(tmp_path):
     netns = f"tl-v6only-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", netns], check=True)
@@ -267,6 +276,7 @@ def test_all_interfaces_means_ipv4_too_even_with_bindv6only(tmp_path):
         subprocess.run(["ip", "netns", "del", netns], check=False)
 
 
+@pytest.mark.bpf
 def test_http_server_config_headers(tmp_path):
     web = write_web_config(tmp_path, "http_server_config:\n  http2: false\n  headers:\n"
                                      "    X-Frame-Options: deny\n")
@@ -290,6 +300,7 @@ def _get_on(sock: socket.socket, path: str = "/") -> bytes:
     return header
 
 
+@pytest.mark.bpf
 def test_an_idle_connection_outlives_the_request_timeout(tmp_path):
     """A scraper's connection is kept between scrapes (here idle for longer than
     the 10 s a request may take), so scrapes do not open a TCP session each."""
@@ -300,6 +311,7 @@ def test_an_idle_connection_outlives_the_request_timeout(tmp_path):
         assert _get_on(sock).startswith(b"HTTP/1.1 200")
 
 
+@pytest.mark.bpf
 def test_idle_connections_are_bounded(tmp_path):
     """Beyond MAX_IDLE_CONNECTIONS waiting between requests, a connection is
     closed after its response; a new one is served as usual."""
@@ -348,6 +360,7 @@ def _scrape(url: str, accept: str) -> tuple[str, str]:
         return response.headers["Content-Type"], response.read().decode()
 
 
+@pytest.mark.bpf
 def test_the_format_follows_the_accept_header(tmp_path):
     with ExporterProcess(workdir=tmp_path) as exporter:
         content_type, body = _scrape(exporter.url, PROMETHEUS_ACCEPT)

@@ -147,6 +147,6 @@ def build_churn(directory: Path) -> Path:
     """bench/churn.c compiled into ``directory``: C-speed connection churn."""
     binary = directory / "churn"
     subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-pthread",
-                    str(Path(__file__).resolve().parent.parent / "bench" / "churn.c"),
+                    str(Path(__file__).resolve().parents[2] / "bench" / "churn.c"),
                     "-o", str(binary)], check=True)
     return binary

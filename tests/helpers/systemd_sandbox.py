@@ -1,5 +1,5 @@
 """A systemd unit's [Service] settings, and its ExecStart run under them by
-tests/sandbox_exec.py, as far as they can be applied without systemd."""
+tests/helpers/sandbox_exec.py, as far as they can be applied without systemd."""
 
 from __future__ import annotations
 

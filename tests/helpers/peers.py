@@ -17,6 +17,8 @@ import termios
 import time
 from dataclasses import dataclass, field
 
+import pytest
+
 _libc = ctypes.CDLL(None, use_errno=True)
 PR_SET_NAME = 15
 CLONE_NEWNET = 0x40000000
@@ -211,3 +213,41 @@ def run_session(plan: Plan, timeout: float = 60, between=None) -> Result:
         if end.error:
             raise AssertionError(f"{name} end failed: {end.error}")
     return Result(client=ends["client"], server=ends["server"])
+
+
+# What tcplife reported of a run, checked against what both ends saw.
+def reported(tcplife, result: Result) -> tuple[dict, dict]:
+    """The client's and the server's session records for one run."""
+    c, s = result.client, result.server
+    (client,) = tcplife.matching(c.lport, c.rport)
+    (server,) = tcplife.matching(s.lport, s.rport)
+    return client, server
+
+
+def assert_exact(tcplife, result: Result) -> tuple[dict, dict]:
+    client, server = reported(tcplife, result)
+    for record, end in ((client, result.client), (server, result.server)):
+        assert (record["tx_bytes"], record["rx_bytes"]) == (end.sent, end.received), record
+        assert record["laddr"] == end.laddr and record["raddr"] == end.raddr
+    assert client["direction"] == "outbound" and server["direction"] == "inbound"
+    return client, server
+
+
+def assert_owned(record: dict, end) -> None:
+    assert (record["pid"], record["comm"]) == (end.pid, end.comm), record
+
+
+def assert_unknown_or_owned(record: dict, end) -> None:
+    if record["pid"] == 0:
+        assert record["comm"] == "", record
+    else:
+        assert_owned(record, end)
+
+
+CLOSES = [
+    pytest.param("client", False, id="client-closes-first"),
+    pytest.param("server", False, id="server-closes-first"),
+    pytest.param("both", False, id="both-close-at-once"),
+    pytest.param("client", True, id="client-resets"),
+    pytest.param("server", True, id="server-resets"),
+]

@@ -10,7 +10,7 @@ W^X memory as seccomp rules (as systemd 252 applies them), then the command.
 
     unshare --mount --propagation private python3 sandbox_exec.py SPEC -- COMMAND...
 
-SPEC is a JSON file written by tests/systemd_sandbox.py.
+SPEC is a JSON file written by tests/helpers/systemd_sandbox.py.
 """
 
 import contextlib

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 TCPLIFE = (sys.executable, "-m", "tcplife_exporter.tcplife_cli")
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 class ToolProcess:

@@ -1,0 +1,102 @@
+"""The metric families built from folded series and open-session labels."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+
+from tcplife_exporter.config import ExporterConfig
+from tcplife_exporter.folding import LabelRules, Series
+from tcplife_exporter.metrics import session_families
+from tcplife_exporter.session_table import OpenLabels
+
+LAN = (("lan", (ipaddress.ip_network("10.0.0.0/8"),)),)
+CONFIG = ExporterConfig(duration_bounds=(0.1, 1.0), bytes_bounds=(0, 100),
+                        labelled_ports=frozenset({443}), remote_networks=LAN)
+RULES = LabelRules(listed_ports=frozenset({443}), auto_ports=True, auto_port_limit=64,
+                   ephemeral_ports=(32768, 60999), networks=LAN)
+LOADED_NS = 5_000_000_000
+
+
+def series(**values) -> Series:
+    defaults = dict(direction="inbound", family=4, port=443, network=1, comm=b"",
+                    overflow=False, failed_handshakes=0, duration_sum_ns=0, sent_sum=0,
+                    received_sum=0, created_ns=0, duration=[0, 0, 0], sent=[0, 0, 0],
+                    received=[0, 0, 0])
+    return Series(**{**defaults, **values})
+
+
+def samples(families) -> dict[tuple[str, tuple], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in families for s in family.samples}
+
+
+def labels(**values: str) -> tuple:
+    return tuple(sorted(values.items()))
+
+
+def test_buckets_are_cumulative_and_sums_in_base_units():
+    one = series(duration=[1, 2, 1], duration_sum_ns=2_600_000_000, sent=[1, 0, 3],
+                 sent_sum=1500, received=[4, 0, 0], failed_handshakes=2,
+                 created_ns=LOADED_NS + 1)
+    found = samples(session_families(CONFIG, RULES, [one], Counter(), {}, LOADED_NS))
+    base = dict(direction="inbound", port="443", family="ipv4", remote_network="lan")
+    duration = "tcplife_session_duration_seconds"
+    assert [found[(f"{duration}_bucket", labels(**base, le=le))]
+            for le in ("0.1", "1.0", "+Inf")] == [1, 3, 4]
+    assert found[(f"{duration}_count", labels(**base))] == 4
+    assert found[(f"{duration}_sum", labels(**base))] == 2.6
+    assert found[("tcplife_session_sent_bytes_bucket", labels(**base, le="0.0"))] == 1
+    assert found[("tcplife_session_sent_bytes_sum", labels(**base))] == 1500
+    assert found[("tcplife_handshake_failures_total", labels(**base))] == 2
+    assert (f"{duration}_created", labels(**base)) in found
+
+
+def test_listed_ports_are_at_zero_before_any_session():
+    found = samples(session_families(CONFIG, RULES, [], Counter(), {}, LOADED_NS))
+    counts = {lab for (name, lab), _ in found.items()
+              if name == "tcplife_session_duration_seconds_count"}
+    assert counts == {labels(direction=d, port="443", family=f, remote_network=n)
+                      for d in ("inbound", "outbound") for f in ("ipv4", "ipv6")
+                      for n in ("lan", "other")}
+    assert all(v == 0 for (name, _), v in found.items()
+               if name.endswith(("_count", "_sum", "_bucket", "_total")))
+
+
+def test_process_names_that_render_the_same_are_one_label_set():
+    config = ExporterConfig(duration_bounds=(0.1, 1.0), bytes_bounds=(0, 100),
+                            comm_label=True)
+    rules = LabelRules(frozenset(), True, 64, (32768, 60999), ())
+    two = [series(comm=b"a\xff", network=0, duration=[1, 0, 0]),
+           series(comm=b"a\\xff", network=0, duration=[0, 1, 0])]
+    found = samples(session_families(config, rules, two, Counter(), {}, LOADED_NS))
+    base = labels(direction="inbound", port="443", family="ipv4", comm="a\\xff")
+    assert found[("tcplife_session_duration_seconds_count", base)] == 2
+
+
+def test_overflow_shows_only_once_used():
+    unused = series(overflow=True, port=0, network=0)
+    used = series(overflow=True, port=0, network=0, direction="outbound", duration=[0, 0, 1])
+    found = samples(session_families(CONFIG, RULES, [unused, used], Counter(), {}, LOADED_NS))
+    overflow = {lab for (name, lab), _ in found.items()
+                if name == "tcplife_session_duration_seconds_count" and ("port", "overflow") in lab}
+    assert overflow == {labels(direction="outbound", port="overflow", family="ipv4",
+                               remote_network="overflow")}
+
+
+def test_open_sessions_render_with_the_names_of_the_rules_that_labelled_them():
+    open_sessions = Counter({OpenLabels("inbound", 4, 443, 1, rules=2): 3,
+                             OpenLabels("outbound", 6, 0, 1, rules=1): 1,
+                             OpenLabels("outbound", 6, 0, 0, rules=2): 2})
+    names = {1: ("old-net",), 2: ("lan",)}
+    found = samples(session_families(CONFIG, RULES, [], open_sessions, names, LOADED_NS))
+    gauge = {lab: v for (name, lab), v in found.items() if name == "tcplife_sessions_open"}
+    assert gauge[labels(direction="inbound", port="443", family="ipv4",
+                        remote_network="lan")] == 3
+    assert gauge[labels(direction="outbound", port="other", family="ipv6",
+                        remote_network="old-net")] == 1
+    assert gauge[labels(direction="outbound", port="other", family="ipv6",
+                        remote_network="other")] == 2
+    # Every label set known in advance has its gauge too, at zero.
+    assert gauge[labels(direction="outbound", port="443", family="ipv6",
+                        remote_network="lan")] == 0
