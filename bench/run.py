@@ -4,8 +4,10 @@ whether they lose sessions.
 Runs, in rounds and in rotating order: the churn alone; the churn with a
 do-nothing sock_ops program that asks for the same callbacks (the floor); the churn with
 tcplife-exporter attached and scraped every second; the churn with tcplife
-printing every session. Then tcplife at a fixed 10,500 sessions/s, and scrape time
-and size at about 1k and 10k series. Prints a Markdown table.
+printing every session; with --compare, another checkout's exporter too (before
+and after a change, side by side in the same rounds). Then tcplife at a fixed
+10,500 sessions/s, and scrape time and size at about 1k and 10k series. Prints a
+Markdown table.
 
 Run as root from the repository: `make bench` (or `.venv/bin/python bench/run.py`).
 """
@@ -137,10 +139,13 @@ def samples(body: bytes, ports: set[str] | None = None) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def tool_process(argv: list[str], stdout=subprocess.DEVNULL):
-    """A tool whose stderr goes to a file (read with .stderr_text()); always stopped."""
+def tool_process(argv: list[str], checkout: Path | None = None, stdout=subprocess.DEVNULL):
+    """A tool whose stderr goes to a file (read with .stderr_text()); always stopped.
+    Run from ``checkout`` if given: its package, not this repository's."""
+    env = dict(os.environ, PYTHONPATH=str(checkout)) if checkout else None
     with tempfile.TemporaryFile("w+") as errors:
-        proc = subprocess.Popen(argv, cwd=REPO, stdout=stdout, stderr=errors, text=True)
+        proc = subprocess.Popen(argv, cwd=checkout or REPO, stdout=stdout, stderr=errors,
+                                text=True, env=env)
         proc.stderr_text = lambda: (errors.seek(0), errors.read())[1]
         try:
             yield proc
@@ -184,7 +189,9 @@ def _answers(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def exporter(config: str):
+def exporter(config: str, checkout: Path | None = None):
+    """The exporter of this repository, or of another ``checkout`` (its BPF object
+    built) to compare with: its package comes first on the module path."""
     with tempfile.TemporaryDirectory() as workdir:
         path = Path(workdir) / "config.yaml"
         path.write_text(config)
@@ -192,10 +199,12 @@ def exporter(config: str):
         url = f"http://[::1]:{port}/metrics"
         argv = [*EXPORTER, "--config.file", str(path),
                 "--web.listen-address", f"[::1]:{port}", "--log.level", "warn"]
-        with tool_process(argv) as proc:
+        with tool_process(argv, checkout) as proc:
             wait_until(lambda: _answers(url), proc, "tcplife-exporter")
             yield proc, url
 
+
+BEFORE = "exporter before"  # --compare: another checkout's exporter, side by side
 
 # Scrapes travel over IPv6, the churn over IPv4: the filter keeps them apart. The bench
 # expects no other IPv4 TCP traffic on the host while it runs.
@@ -220,9 +229,9 @@ def scraping(url: str, every_s: float, times: list[float]):
         thread.join()
 
 
-def run_exporter(args) -> Run:
-    with exporter(EXPORTER_CONFIG) as (proc, url):
-        run = Run("exporter")
+def run_exporter(args, checkout: Path | None = None) -> Run:
+    with exporter(EXPORTER_CONFIG, checkout) as (proc, url):
+        run = Run("exporter" if checkout is None else BEFORE)
         cpu_before = cpu_seconds(proc.pid)
         with scraping(url, 1.0, run.scrape_s):
             result = churn(args.seconds, args.workers)
@@ -341,11 +350,15 @@ def report(rounds: list[dict[str, Run]], costed: dict[str, Run], paced: Run,
     floor = [r["floor"].rate / r["baseline"].rate for r in rounds]
     out.append(f"A do-nothing sock_ops program asking for the same callbacks (the floor of "
                f"this design): {spread(floor)} of baseline.")
-    out += ["", "| | exporter (scraped every 1 s) | tcplife > file in RAM |", "|---|---|---|"]
-    rows = {name: [r[name] for r in rounds] for name in ("exporter", "tcplife")}
+    titles = {"exporter": "exporter (scraped every 1 s)", "tcplife": "tcplife > file in RAM",
+              BEFORE: f"exporter of {args.compare} (scraped every 1 s)"}
+    names = [name for name in titles if name in rounds[0]]
+    out += ["", "| | " + " | ".join(titles[n] for n in names) + " |",
+            "|---" * (len(names) + 1) + "|"]
+    rows = {name: [r[name] for r in rounds] for name in names}
 
     def row(label: str, fn) -> None:
-        out.append(f"| {label} | {fn(rows['exporter'])} | {fn(rows['tcplife'])} |")
+        out.append(f"| {label} | " + " | ".join(fn(rows[n]) for n in names) + " |")
 
     row("throughput vs. baseline, median (range)",
         lambda runs: spread([run.rate / r["baseline"].rate for run, r in zip(runs, rounds)]))
@@ -363,10 +376,9 @@ def report(rounds: list[dict[str, Run]], costed: dict[str, Run], paced: Run,
         f"{sum(r.traced for r in runs):,} / {sum(r.expected for r in runs):,}"))
     row("sessions lost (reported by the tool)", lambda runs: f"{sum(r.lost for r in runs):,}")
     row("churn sessions that failed", lambda runs: f"{sum(r.failures for r in runs):,}")
-    scrape_times = [t for r in rows["exporter"] for t in r.scrape_s]
     series = max((r.scrape_series for r in rows["exporter"]), default=0)
-    out.append(f"| scrape time during churn ({series:,} series), median (range) | "
-               f"{spread(scrape_times, 1e3, 1, ' ms')} | |")
+    row(f"scrape time during churn ({series:,} series), median (range)", lambda runs: spread(
+        [t for r in runs for t in r.scrape_s], 1e3, 1, " ms") if runs[0].scrape_s else "")
     out += ["", f"tcplife at a fixed {paced.rate:,.0f} sessions/s for {args.seconds:g} s: "
             f"{paced.traced:,} lines for {paced.expected:,} traced sessions, "
             f"{paced.lost} reported lost"
@@ -389,6 +401,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--scrapes", type=int, default=20)
     parser.add_argument("--json", metavar="PATH", help="also write the raw runs here")
+    parser.add_argument("--compare", metavar="CHECKOUT", type=Path,
+                        help="also run the exporter of another checkout (its BPF object "
+                             "built: make bpf) in the same rounds, e.g. the last release")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench: run as root (it loads BPF programs)")
@@ -402,6 +417,8 @@ def main() -> int:
     try:
         runners = {"baseline": run_baseline, "floor": run_floor, "exporter": run_exporter,
                    "tcplife": run_tcplife}
+        if args.compare:
+            runners[BEFORE] = lambda args: run_exporter(args, args.compare.resolve())
         rounds = []
         for number in range(args.rounds):
             shift = number % len(runners)
@@ -414,6 +431,8 @@ def main() -> int:
         scrapes = [scrape_cost(args, ports) for ports in (4, 41)]
         STATS_SYSCTL.write_text("1")
         costed = {"exporter": run_exporter(args), "tcplife": run_tcplife(args)}
+        if args.compare:
+            costed[BEFORE] = runners[BEFORE](args)
     finally:
         STATS_SYSCTL.write_text(stats_before)
     if args.json:  # first: the raw runs survive a problem in the report

@@ -67,24 +67,26 @@ static __always_inline bool selected(__u8 family, __u16 lport, __u16 rport)
 }
 
 /* IPv4 addresses take the first 4 bytes. */
+static __always_inline void copy_address(__u8 family, const void *v4, const void *v6, __u8 *dst)
+{
+	if (family == 4)
+		__builtin_memcpy(dst, v4, 4);
+	else
+		__builtin_memcpy(dst, v6, 16);
+}
+
 static __always_inline void copy_remote_address(const struct sock *sk, __u8 family, __u8 *dst)
 {
 	const struct sock_common *skc = &sk->__sk_common;
 
-	if (family == 4)
-		__builtin_memcpy(dst, (const void *)&skc->skc_daddr, 4);
-	else
-		__builtin_memcpy(dst, (const void *)&skc->skc_v6_daddr, 16);
+	copy_address(family, &skc->skc_daddr, &skc->skc_v6_daddr, dst);
 }
 
 static __always_inline void copy_local_address(const struct sock *sk, __u8 family, __u8 *dst)
 {
 	const struct sock_common *skc = &sk->__sk_common;
 
-	if (family == 4)
-		__builtin_memcpy(dst, (const void *)&skc->skc_rcv_saddr, 4);
-	else
-		__builtin_memcpy(dst, (const void *)&skc->skc_v6_rcv_saddr, 16);
+	copy_address(family, &skc->skc_rcv_saddr, &skc->skc_v6_rcv_saddr, dst);
 }
 
 static __always_inline bool sent_fin(int oldstate)
