@@ -44,7 +44,7 @@ from run import (
 )
 
 sys.path.insert(0, str(REPO))
-from tests.traffic import Load, free_port, run_load
+from tests.helpers.traffic import Load, free_port, run_load
 
 KINDS = ("plain", "attach", "reload")
 FOLDED = "tcplife_session_duration_seconds_count"
