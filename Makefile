@@ -4,6 +4,8 @@
 #   make tcplife  the same, but prints sessions live (the tcplife command)
 #   make test     installs what is missing, builds, and runs the whole test suite
 #   make bench    the same setup, then the cost-and-exactness benchmark (bench/)
+#   make bench-cost  the same setup, then the CPU added per session at fixed rates,
+#                 against the floor and bpftrace (bench/cost.py)
 #   make soak     the same setup, then 10 minutes of churn with a scrape a second
 #   make stress   the same setup, then 50 trials of concurrent churn: every session folded?
 #   make install  the systemd service: /opt/tcplife-exporter, /etc/tcplife-exporter,
@@ -21,10 +23,11 @@ MULTIARCH := $(shell gcc -dumpmachine 2>/dev/null || echo $$(uname -m)-linux-gnu
 BUILD_PACKAGES := clang llvm libbpf-dev libbpf1 gcc make python3-venv python3-pip
 # Tests and bench only: iproute2 (netns), bpftool (attached programs), openssl
 # (TLS certificates), prometheus (a real server scraping the exporter,
-# promtool), systemd (systemd-analyze), python3-seccomp (the unit's sandbox).
-TEST_PACKAGES := iproute2 bpftool openssl prometheus systemd python3-seccomp
+# promtool), systemd (systemd-analyze), python3-seccomp (the unit's sandbox),
+# bpftrace (the peer the cost bench compares with).
+TEST_PACKAGES := iproute2 bpftool openssl prometheus systemd python3-seccomp bpftrace
 
-.PHONY: run tcplife test bench soak stress bpf deps test-deps venv test-venv lint clean install uninstall
+.PHONY: run tcplife test bench bench-cost soak stress bpf deps test-deps venv test-venv lint clean install uninstall
 
 run: venv
 	$(VENV)/bin/tcplife-exporter --config.file config.example.yaml
@@ -42,6 +45,9 @@ test: test-deps test-venv
 
 bench: test-deps test-venv
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
+bench-cost: test-deps test-venv
+	$(VENV)/bin/python bench/cost.py $(BENCH_ARGS)
 
 soak: test-deps test-venv
 	$(VENV)/bin/python bench/soak.py $(SOAK_ARGS)

@@ -67,7 +67,7 @@ class OpenSessions:
         self._views.append(self._views[-1][offset // 8 : slots * words_per_slot : words_per_slot])
 
     def count(self) -> Counter[OpenLabels]:
-        by_word = Counter(word for word in self._views[-1].tolist() if word)
+        by_word = Counter(filter(None, self._views[-1].tolist()))  # 0: no labels
         found: Counter[OpenLabels] = Counter()
         for word, sessions in by_word.items():
             labels = self._labels.unpack(word.to_bytes(8, "little"))

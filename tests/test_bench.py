@@ -32,14 +32,34 @@ def test_churn_counts_every_session_and_rejects_bad_arguments(tmp_path):
 
 
 def test_a_short_bench_run_completes_and_the_exporter_is_exact():
+    """With --compare: this checkout's exporter again, run from the checkout
+    path: both columns count every session."""
     sysctl = Path("/proc/sys/kernel/bpf_stats_enabled")
     stats = sysctl.read_text()
     done = subprocess.run([sys.executable, "bench/run.py", "--rounds", "1", "--seconds", "1",
-                           "--scrapes", "2"], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+                           "--scrapes", "2", "--compare", str(REPO)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert sysctl.read_text() == stats
     assert re.search(r"A do-nothing sock_ops program .*: \d\.\d+ \(", done.stdout), done.stdout
-    row = re.search(r"\| sessions traced / expected \(all rounds\) \| ([\d,]+) / ([\d,]+) \|",
-                    done.stdout)
-    assert row and row.group(1) == row.group(2), done.stdout
+    row = re.search(r"^\| sessions traced / expected \(all rounds\) \|(.*)\|$", done.stdout,
+                    re.M)
+    assert row, done.stdout
+    cells = [cell.strip().split(" / ") for cell in row.group(1).split("|")]
+    exporters = [cells[0], cells[2]]  # exporter, tcplife, exporter of --compare
+    assert all(traced == expected and traced != "0" for traced, expected in exporters), row
+
+
+def test_a_short_cost_run_measures_every_contender():
+    """bench/cost.py: each contender at a fixed rate and saturated, in one round."""
+    done = subprocess.run([sys.executable, "bench/cost.py", "--rounds", "1", "--seconds", "1",
+                           "--rates", "5000", "0"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    for contender in ("do-nothing sock_ops (floor)", "do-nothing tracepoint",
+                      "bpftrace lifespan hist", "tcplife-exporter", "tcplife > file in RAM"):
+        row = re.search(rf"^\| {re.escape(contender)} \| (-?[\d,]+) \(.*\) \| (\d\.\d+) \(",
+                        done.stdout, re.M)
+        assert row, (contender, done.stdout)
+        assert 0.3 < float(row.group(2)) < 1.2, row.group(0)  # a throughput ratio
+    assert re.search(r"asked 5,000/s: 4,9\d\d/s", done.stdout), done.stdout
