@@ -107,8 +107,8 @@ def bpftrace() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def tcplife_exporter() -> Iterator[None]:
-    with exporter(""):  # the default config
+def tcplife_exporter(checkout: Path | None = None) -> Iterator[None]:
+    with exporter("", checkout):  # the default config
         yield
 
 
@@ -129,6 +129,7 @@ CONTENDERS: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
     "tcplife > file in RAM": tcplife,
 }
 BASE = "churn alone"
+BEFORE = "tcplife-exporter before"  # --compare: another checkout's, side by side
 
 
 def measure(contender: str, rate: float, args: argparse.Namespace) -> Run:
@@ -192,7 +193,13 @@ def main() -> int:
     parser.add_argument("--rates", type=float, nargs="+", default=[5000, 20000, 0],
                         help="sessions per second over all workers; 0: saturated")
     parser.add_argument("--json", metavar="PATH", help="also write the raw runs here")
+    parser.add_argument("--compare", metavar="CHECKOUT", type=Path,
+                        help="also run the exporter of another checkout (its BPF object "
+                             "built: make bpf), e.g. before a change")
     args = parser.parse_args()
+    if args.compare:
+        checkout = args.compare.resolve()
+        CONTENDERS[BEFORE] = lambda: tcplife_exporter(checkout)
     if os.geteuid() != 0:
         raise SystemExit("bench: run as root (it loads BPF programs)")
     build_churn()

@@ -15,8 +15,6 @@
 #ifndef TCPLIFE_FOLDING_H
 #define TCPLIFE_FOLDING_H
 
-#define E2BIG 7
-
 const volatile bool fold_metrics = false;
 const volatile bool label_comm = false;
 const volatile __u32 duration_nbounds = 0;

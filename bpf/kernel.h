@@ -63,7 +63,6 @@ typedef struct {
 struct sock {
 	struct sock_common __sk_common;
 	socket_lock_t sk_lock;
-	__u16 sk_protocol;
 } __attribute__((preserve_access_index));
 
 struct inet_sock {

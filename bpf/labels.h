@@ -15,8 +15,6 @@
 #ifndef TCPLIFE_LABELS_H
 #define TCPLIFE_LABELS_H
 
-#define EEXIST 17
-
 const volatile __u8 label_rules = 0;		/* 0: no labels (nothing folded) */
 const volatile bool label_networks = false;
 const volatile bool auto_port_labels = false;	/* else the bitmap lists them */
@@ -31,6 +29,23 @@ struct {
 	__type(key, __u16);
 	__type(value, __u8);
 } labelled_ports SEC(".maps");
+
+/*
+ * What labelled_ports has said so far, one bit a port, for an inlined array
+ * lookup: only a port's first sessions pay for the hash. Ports refused at the
+ * cap stay refused (labelled_ports never drops a port), so both answers keep.
+ */
+struct port_bits {
+	__u64 labelled[65536 / 64];
+	__u64 refused[65536 / 64];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct port_bits);
+} auto_port_bits SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -47,6 +62,9 @@ struct {
  */
 static __always_inline __u16 port_label(__u16 port, __u8 *flags)
 {
+	__u32 zero = 0, word = port / 64;
+	__u64 bit = 1ULL << (port % 64);
+	struct port_bits *known;
 	__u8 one = 1;
 	long err;
 
@@ -56,11 +74,21 @@ static __always_inline __u16 port_label(__u16 port, __u8 *flags)
 		return 0;
 	if (port >= ephemeral_low && port <= ephemeral_high)
 		return 0;
-	if (bpf_map_lookup_elem(&labelled_ports, &port))
+	known = bpf_map_lookup_elem(&auto_port_bits, &zero);
+	if (!known)
+		return 0;
+	if (known->labelled[word] & bit)
 		return port;
+	if (known->refused[word] & bit)
+		goto refused;
 	err = bpf_map_update_elem(&labelled_ports, &port, &one, BPF_NOEXIST);
-	if (!err || err == -EEXIST)
+	if (!err || err == -EEXIST) {
+		__sync_fetch_and_or(&known->labelled[word], bit);
 		return port;
+	}
+	if (err == -E2BIG)
+		__sync_fetch_and_or(&known->refused[word], bit);
+refused:
 	*flags |= LABEL_PORT_LIMITED;
 	return 0;
 }

@@ -141,4 +141,38 @@ static __always_inline void forget_unseen_close(__u64 key)
 	session_forget(stale);
 }
 
+/*
+ * A slot for a socket being born, in one pass over its probes: a slot still
+ * holding this address is a close never seen (counted, and taken over, its
+ * labels cleared first); else the first free slot is claimed, or, if another
+ * CPU took it meanwhile, the next one. -1 if there is none.
+ */
+static __always_inline int session_claim_new(__u64 key)
+{
+	__u32 start = slot_hash(key), index;
+	struct open_session *stale;
+	int free = -1;
+	__u64 *slot;
+
+	for (int i = 0; i < SESSION_PROBES; i++) {
+		index = (start + i) & session_slot_mask;
+		slot = key_at(index);
+		if (!slot)
+			continue;
+		if (*slot == key) {
+			count(COUNTER_CLOSE_UNSEEN);
+			stale = session_at(index);
+			if (stale)
+				__atomic_exchange_n(labels_word(stale), 0, __ATOMIC_SEQ_CST);
+			return index;
+		}
+		if (free < 0 && *slot == 0)
+			free = index;
+	}
+	slot = free < 0 ? NULL : key_at(free);
+	if (slot && __sync_val_compare_and_swap(slot, 0, key) == 0)
+		return free;
+	return session_claim(key);
+}
+
 #endif /* TCPLIFE_OPEN_SESSIONS_H */

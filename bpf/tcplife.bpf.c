@@ -32,7 +32,9 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
+#include <asm-generic/errno-base.h>	/* what map updates return */
 #include "tcplife.h"
+
 /* The program's parts, each with the kernel behaviour it relies on. */
 #include "counters.h"
 #include "open_sessions.h"
@@ -73,21 +75,19 @@ static __always_inline bool session_born(const struct sock *sk, __u64 key, __u8 
 	__u32 pid = 0;
 	char comm[TASK_COMM_LEN] = {};
 
-	if (sk->sk_protocol != IPPROTO_TCP)
-		return false;
-	/* Before any filter: a stale entry must not pass for this socket's at its close. */
-	forget_unseen_close(key);
 	labels.family = wire_family(sk);
-	if (!selected(labels.family, lport, rport))
-		return false;
 	/* An accepted socket's owner is not running: it is known at the close. */
-	if (need_owner && direction == DIRECTION_OUTBOUND &&
-	    owner_if_running(sk, &pid, comm) && filter_tgid && pid != filter_tgid)
+	if (!selected(labels.family, lport, rport) ||
+	    (need_owner && direction == DIRECTION_OUTBOUND && owner_if_running(sk, &pid, comm) &&
+	     filter_tgid && pid != filter_tgid)) {
+		/* Not tracked: a stale entry must not pass for this socket's at its close. */
+		forget_unseen_close(key);
 		return false;
+	}
 
 	birth_ns = bpf_ktime_get_ns();
 	give_labels(sk, direction == DIRECTION_INBOUND ? lport : rport, &labels);
-	slot = session_at(session_claim(key));
+	slot = session_at(session_claim_new(key));
 	if (!slot) {
 		count(COUNTER_SESSION_MAP_FULL);
 		return true;
@@ -107,7 +107,7 @@ static __always_inline int owner_seen(const struct sock *sk, __u64 key)
 	char comm[TASK_COMM_LEN];
 	int index;
 
-	if (!need_owner || sk->sk_protocol != IPPROTO_TCP || !in_owner_context(sk))
+	if (!need_owner || !in_owner_context(sk))
 		return 0;
 	index = session_find(key);
 	s = session_at(index);
@@ -188,21 +188,18 @@ static __always_inline void close_labels(const struct sock *sk, const struct ope
 	give_labels(sk, r->direction == DIRECTION_INBOUND ? r->lport : r->rport, labels);
 }
 
-static __always_inline int session_closed(const struct sock *sk, __u64 key, int oldstate)
+static __always_inline int session_closed(const struct tcp_sock *tp, __u64 key, int oldstate)
 {
+	const struct sock *sk = &tp->inet_conn.icsk_inet.sk;
 	struct session_labels labels;
 	struct session_record r;
-	const struct tcp_sock *tp;
 	struct open_session *s;
 	int index;
 
-	if (oldstate == TCP_LISTEN || sk->sk_protocol != IPPROTO_TCP)
+	if (oldstate == TCP_LISTEN)
 		return 0;	/* a listener closing is not a session */
 	index = session_find(key);
 	s = session_at(index);
-	tp = bpf_skc_to_tcp_sock((void *)sk);
-	if (!tp)
-		goto forget;
 
 	__builtin_memset(&r, 0, sizeof(r));
 	r.family = wire_family(sk);
@@ -230,15 +227,15 @@ forget:
 }
 
 /* key: the socket's address as a number, see address_of() */
-static __always_inline int state_changed(const struct sock *sk, __u64 key, int oldstate,
+static __always_inline int state_changed(const struct tcp_sock *tp, __u64 key, int oldstate,
 					 int newstate)
 {
 	switch (newstate) {
 	case TCP_CLOSE:
-		return session_closed(sk, key, oldstate);
+		return session_closed(tp, key, oldstate);
 	case TCP_FIN_WAIT1:
 	case TCP_LAST_ACK:
-		return owner_seen(sk, key);
+		return owner_seen(&tp->inet_conn.icsk_inet.sk, key);
 	}
 	return 0;
 }
@@ -265,6 +262,22 @@ static __always_inline void watch_state_changes(struct bpf_sock_ops *ops)
 	bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
+/*
+ * Whether a callback has work: a birth, a close, or (when the owner is wanted)
+ * one of the transitions close() makes in the owner's context. Decided before
+ * any helper call: most callbacks (window and timeout choices, the other state
+ * changes) return at once, as in the do-nothing floor.
+ */
+static __always_inline bool wanted(__u32 op, __u32 newstate)
+{
+	if (op == BPF_SOCK_OPS_TCP_CONNECT_CB || op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
+		return true;
+	if (op != BPF_SOCK_OPS_STATE_CB)
+		return false;
+	return newstate == TCP_CLOSE ||
+	       (need_owner && (newstate == TCP_FIN_WAIT1 || newstate == TCP_LAST_ACK));
+}
+
 SEC("sockops")
 int tcp_sessions(struct bpf_sock_ops *ops)
 {
@@ -274,14 +287,12 @@ int tcp_sessions(struct bpf_sock_ops *ops)
 	__u32 op = ops->op;
 	__u64 key;
 
-	/* Most callbacks (window and timeout choices, RTT samples) are not ours. */
-	if (op != BPF_SOCK_OPS_STATE_CB && op != BPF_SOCK_OPS_TCP_CONNECT_CB &&
-	    op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
+	if (!wanted(op, ops->args[1]))
 		return 1;
 	bsk = ops->sk;
 	if (!bsk)
 		return 1;
-	tp = bpf_skc_to_tcp_sock(bsk);
+	tp = bpf_skc_to_tcp_sock(bsk);	/* a full TCP socket, or NULL */
 	if (!tp)
 		return 1;
 	sk = &tp->inet_conn.icsk_inet.sk;
@@ -289,7 +300,7 @@ int tcp_sessions(struct bpf_sock_ops *ops)
 	if (!key)	/* never a socket's address; 0 marks a free slot */
 		return 1;
 	if (op == BPF_SOCK_OPS_STATE_CB)
-		state_changed(sk, key, ops->args[0], ops->args[1]);
+		state_changed(tp, key, ops->args[0], ops->args[1]);
 	else if (session_born(sk, key, op == BPF_SOCK_OPS_TCP_CONNECT_CB ? DIRECTION_OUTBOUND
 									  : DIRECTION_INBOUND))
 		watch_state_changes(ops);

@@ -4,19 +4,27 @@ the ring buffer, many scrapes at once, clients that stall or send garbage."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
-from .helpers.exporting import ExporterProcess, parse_samples
+from tcplife_exporter import cgroup
+from tcplife_exporter.libbpf import BpfObject
+
+from .helpers.exporting import ExporterProcess, parse_samples, total, value
 from .helpers.tracing import TcplifeProcess
-from .helpers.traffic import build_churn
+from .helpers.traffic import Load, build_churn, free_port, run_load
+
+DURATION = "tcplife_session_duration_seconds"
 
 pytestmark = pytest.mark.bpf
 
@@ -107,3 +115,73 @@ def test_malformed_requests_get_a_4xx_and_the_server_keeps_serving(exporter, req
     assert re.match(rb"HTTP/1\.[01] (\d+) ", status_line).group(1) == str(status).encode()
     assert scrape(exporter.port) == 200
     assert exporter.proc.poll() is None and "Traceback" not in exporter.stderr
+
+
+SILENCED_SESSIONS = 20
+SILENCED_SCRIPT = """
+import socket, sys
+port, count = int(sys.argv[1]), int(sys.argv[2])
+listener = socket.create_server(("::1", port), family=socket.AF_INET6, backlog=count)
+clients = [socket.create_connection(("::1", port)) for _ in range(count)]
+servers = [listener.accept()[0] for _ in clients]
+for sock in clients + servers:
+    sock.shutdown(socket.SHUT_RDWR)
+for sock in clients + servers + [listener]:
+    sock.close()
+"""
+
+
+@pytest.fixture
+def silencing_cgroup(tmp_path):
+    """A cgroup below the root where tests/helpers/silencer.bpf.c takes the
+    state-change callbacks back from every socket: their closes go unseen."""
+    helpers = Path(__file__).resolve().parent / "helpers"
+    machine = subprocess.run(["gcc", "-dumpmachine"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    obj_path = tmp_path / "silencer.bpf.o"
+    subprocess.run(["clang", "-O2", "-target", "bpf", f"-I/usr/include/{machine}", "-c",
+                    str(helpers / "silencer.bpf.c"), "-o", str(obj_path)], check=True)
+    path = Path(cgroup.hierarchy_root()) / f"tcplife-test-silenced-{os.getpid()}"
+    path.mkdir()
+    obj = BpfObject(str(obj_path))
+    try:
+        obj.load()
+        obj.attach_cgroup("silence_closes", str(path))
+        yield path
+    finally:
+        obj.close()
+        path.rmdir()
+
+
+def test_closes_never_seen_are_counted_and_their_slots_taken_over(tmp_path, silencing_cgroup):
+    """Sessions whose close the program never sees stay open in the gauge until a new
+    socket takes the address of one: then each is counted in close_unseen, and the
+    new socket's session, born into the stale slot, is folded exactly."""
+    silenced, fresh = free_port(socket.AF_INET6), free_port(socket.AF_INET6)
+    config = (f"ports: {{labelled: [{silenced}, {fresh}], auto: false}}\n"
+              "filters: {family: ipv6}\n")
+    unseen = "tcplife_exporter_sessions_close_unseen_total"
+
+    def still_open(s) -> float:
+        return total(s, "tcplife_sessions_open", port=str(silenced))
+
+    with ExporterProcess(config, workdir=tmp_path) as exporter:
+        before = value(exporter.scrape(), unseen)
+        procs_file = silencing_cgroup / "cgroup.procs"
+        subprocess.run([sys.executable, "-c", SILENCED_SCRIPT, str(silenced),
+                        str(SILENCED_SESSIONS)], check=True, timeout=30,
+                       preexec_fn=lambda: procs_file.write_text("0"))
+        samples = exporter.wait_until(lambda s: still_open(s) == 2 * SILENCED_SESSIONS)
+        assert still_open(samples) == 2 * SILENCED_SESSIONS  # both ends, never closed
+        sessions = 0
+        deadline = time.monotonic() + 30
+        while still_open(samples) == 2 * SILENCED_SESSIONS and time.monotonic() < deadline:
+            run_load(Load(port=fresh, count=50, server_addr="::1"))
+            sessions += 50
+            samples = exporter.wait_until(lambda s, n=sessions: total(
+                s, f"{DURATION}_count", port=str(fresh)) == 2 * n)
+        found = 2 * SILENCED_SESSIONS - still_open(samples)
+    assert found >= 1, "no new socket took the address of a silenced one"
+    assert value(samples, unseen) - before >= found  # others on the host may add to it
+    assert total(samples, f"{DURATION}_count", port=str(fresh)) == 2 * sessions
+    assert total(samples, "tcplife_sessions_open", port=str(fresh)) == 0
