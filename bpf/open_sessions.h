@@ -62,35 +62,53 @@ static __always_inline struct open_session *session_at(int index)
 }
 
 /*
- * The SESSION_PROBES slots from the key's hash on: the one holding the key
- * (claim false), or a free one claimed for it with a compare-and-swap (claim
- * true; the caller knows the key holds none). -1 if there is none.
+ * The SESSION_PROBES slots from the key's hash on: the index of the one
+ * holding the key, or -1; and, in *free, the number of the first probe that
+ * found a free slot (SESSION_PROBES if none did).
  */
-static __always_inline int session_probe(__u64 key, bool claim)
+static __always_inline int session_scan(__u64 key, int *free)
 {
 	__u32 start = slot_hash(key), index;
 	__u64 *slot;
 
+	*free = SESSION_PROBES;
 	for (int i = 0; i < SESSION_PROBES; i++) {
 		index = (start + i) & session_slot_mask;
 		slot = key_at(index);
 		if (!slot)
 			continue;
-		if (claim ? *slot == 0 && __sync_val_compare_and_swap(slot, 0, key) == 0
-			  : *slot == key)
+		if (*slot == key)
 			return index;
+		if (*slot == 0 && *free == SESSION_PROBES)
+			*free = i;
 	}
 	return -1;
 }
 
 static __always_inline int session_find(__u64 key)
 {
-	return session_probe(key, false);
+	int free;
+
+	return session_scan(key, &free);
 }
 
-static __always_inline int session_claim(__u64 key)
+/*
+ * A free slot claimed for the key (which holds none) with a compare-and-swap,
+ * from probe number `from` on: a slot another CPU claimed first is passed
+ * over. -1 if there is none.
+ */
+static __always_inline int session_claim(__u64 key, int from)
 {
-	return session_probe(key, true);
+	__u32 start = slot_hash(key), index;
+	__u64 *slot;
+
+	for (int i = from; i < SESSION_PROBES; i++) {
+		index = (start + i) & session_slot_mask;
+		slot = key_at(index);
+		if (slot && *slot == 0 && __sync_val_compare_and_swap(slot, 0, key) == 0)
+			return index;
+	}
+	return -1;
 }
 
 static __always_inline __u64 *labels_word(struct open_session *slot)
@@ -142,37 +160,22 @@ static __always_inline void forget_unseen_close(__u64 key)
 }
 
 /*
- * A slot for a socket being born, in one pass over its probes: a slot still
- * holding this address is a close never seen (counted, and taken over, its
- * labels cleared first); else the first free slot is claimed, or, if another
- * CPU took it meanwhile, the next one. -1 if there is none.
+ * A slot for a socket being born, found in one pass over its probes: a slot
+ * still holding this address is a close never seen (counted, and taken over,
+ * its labels cleared first); else a free one is claimed. -1 if there is none.
  */
 static __always_inline int session_claim_new(__u64 key)
 {
-	__u32 start = slot_hash(key), index;
 	struct open_session *stale;
-	int free = -1;
-	__u64 *slot;
+	int free, index = session_scan(key, &free);
 
-	for (int i = 0; i < SESSION_PROBES; i++) {
-		index = (start + i) & session_slot_mask;
-		slot = key_at(index);
-		if (!slot)
-			continue;
-		if (*slot == key) {
-			count(COUNTER_CLOSE_UNSEEN);
-			stale = session_at(index);
-			if (stale)
-				__atomic_exchange_n(labels_word(stale), 0, __ATOMIC_SEQ_CST);
-			return index;
-		}
-		if (free < 0 && *slot == 0)
-			free = index;
-	}
-	slot = free < 0 ? NULL : key_at(free);
-	if (slot && __sync_val_compare_and_swap(slot, 0, key) == 0)
-		return free;
-	return session_claim(key);
+	if (index < 0)
+		return session_claim(key, free);
+	count(COUNTER_CLOSE_UNSEEN);
+	stale = session_at(index);
+	if (stale)
+		__atomic_exchange_n(labels_word(stale), 0, __ATOMIC_SEQ_CST);
+	return index;
 }
 
 #endif /* TCPLIFE_OPEN_SESSIONS_H */
