@@ -206,9 +206,15 @@ def exporter(config: str, checkout: Path | None = None):
 
 BEFORE = "exporter before"  # --compare: another checkout's exporter, side by side
 
-# Scrapes travel over IPv6, the churn over IPv4: the filter keeps them apart. The bench
-# expects no other IPv4 TCP traffic on the host while it runs.
+# Scrapes travel over IPv6, the churn over IPv4: the filter keeps them apart.
 EXPORTER_CONFIG = "filters: {family: ipv4}\n"
+CHURN_PORTS_PER_WORKER, CHURN_BASE_PORT = 8, 20000  # churn's defaults (-p, -b)
+
+
+def churn_ports(workers: int) -> list[str]:
+    """The server ports of a churn with default ports: listed in the exporter's
+    config and counted by their label, other IPv4 traffic on the host is not."""
+    return [str(CHURN_BASE_PORT + i) for i in range(workers * CHURN_PORTS_PER_WORKER)]
 
 
 @contextlib.contextmanager
@@ -230,7 +236,9 @@ def scraping(url: str, every_s: float, times: list[float]):
 
 
 def run_exporter(args, checkout: Path | None = None) -> Run:
-    with exporter(EXPORTER_CONFIG, checkout) as (proc, url):
+    ports = churn_ports(args.workers)
+    config = EXPORTER_CONFIG + f"ports: {{labelled: [{', '.join(ports)}]}}\n"
+    with exporter(config, checkout) as (proc, url):
         run = Run("exporter" if checkout is None else BEFORE)
         cpu_before = cpu_seconds(proc.pid)
         with scraping(url, 1.0, run.scrape_s):
@@ -239,7 +247,7 @@ def run_exporter(args, checkout: Path | None = None) -> Run:
         time.sleep(0.5)  # the last closes
         _, body = scrape(url)
         run.peak_rss = peak_rss(proc.pid)
-        found = samples(body)
+        found = samples(body, set(ports))
         run.sessions, run.failures, run.rate = (result["sessions"], result["failures"],
                                                 result["rate"])
         run.failed = result["failed"]

@@ -24,8 +24,11 @@ from pathlib import Path
 
 from run import (
     CHURN,
+    CHURN_BASE_PORT,
+    CHURN_PORTS_PER_WORKER,
     EXPORTER_CONFIG,
     build_churn,
+    churn_ports,
     expected_traced,
     exporter,
     exporter_tally,
@@ -37,8 +40,6 @@ from run import (
 # 20 s (the exporter's RSS settles within about 10 s of full churn).
 WARM_UP_SHARE, WARM_UP_MIN_S = 0.25, 20
 MAX_SLOPE_KB_PER_MIN = 64  # growth beyond this, sustained, would be a leak
-CHURN_BASE_PORT = 20000  # the churn's server ports, PORTS_PER_WORKER a worker, from here
-PORTS_PER_WORKER = 8
 
 
 def rss_bytes(pid: int) -> int:
@@ -57,14 +58,14 @@ def soak(seconds: float, workers: int) -> dict:
     build_churn()
     # The churn's server ports get labels of their own: sessions of anything else
     # running on the host fold into port="other" and are not counted.
-    ports = [str(CHURN_BASE_PORT + n) for n in range(workers * PORTS_PER_WORKER)]
+    ports = churn_ports(workers)
     config = EXPORTER_CONFIG + f"ports: {{labelled: [{', '.join(ports)}], auto: false}}\n"
     rss: list[tuple[float, int]] = []
     scrapes: list[float] = []
     failed: list[str] = []
     with exporter(config) as (proc, url):
-        generator = subprocess.Popen([str(CHURN), "-w", str(workers), "-d", str(seconds),
-                                      "-b", str(CHURN_BASE_PORT), "-p", str(PORTS_PER_WORKER)],
+        generator = subprocess.Popen([str(CHURN), "-w", str(workers), "-d", str(seconds), "-b",
+                                      str(CHURN_BASE_PORT), "-p", str(CHURN_PORTS_PER_WORKER)],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
         try:

@@ -47,7 +47,8 @@ def test_a_short_bench_run_completes_and_the_exporter_is_exact():
     assert row, done.stdout
     cells = [cell.strip().split(" / ") for cell in row.group(1).split("|")]
     exporters = [cells[0], cells[2]]  # exporter, tcplife, exporter of --compare
-    assert all(traced == expected and traced != "0" for traced, expected in exporters), row
+    assert all(traced == expected and traced != "0" for traced, expected in exporters), \
+        done.stdout
 
 
 def test_a_short_cost_run_measures_every_contender():
