@@ -63,4 +63,6 @@ def test_a_short_cost_run_measures_every_contender():
                         done.stdout, re.M)
         assert row, (contender, done.stdout)
         assert 0.3 < float(row.group(2)) < 1.2, row.group(0)  # a throughput ratio
-    assert re.search(r"asked 5,000/s: 4,9\d\d/s", done.stdout), done.stdout
+    # The pacer keeps to the asked rate: within a session per worker over the second.
+    achieved = re.search(r"asked 5,000/s: ([\d,]+)/s", done.stdout)
+    assert achieved and abs(int(achieved.group(1).replace(",", "")) - 5000) <= 4, done.stdout
