@@ -34,8 +34,8 @@ from .folding import (
 )
 from .metrics import session_families
 from .program import ProgramStats, SessionProgram
+from .records import no_records
 from .session_table import OpenSessions
-from .tracer import no_records
 
 log = logging.getLogger(__name__)
 

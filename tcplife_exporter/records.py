@@ -1,4 +1,5 @@
-"""Closed-session records: the Python view of ``struct session_record``.
+"""Closed-session records: the Python view of ``struct session_record``, and the
+settings of the program part that emits them (bpf/records.h).
 
 The decoder builds its layout from the BPF object's BTF, so the C header in
 ``bpf/tcplife.h`` stays the single definition of the record.
@@ -14,7 +15,20 @@ from .btf import Btf
 from .errors import TcplifeError
 from .layout import StructLayout
 
+RINGBUF_MIN_BYTES = 4096  # a page: the smallest ring buffer the kernel accepts
 _FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
+Settings = tuple[dict[str, int], dict[str, int]]  # (.rodata, map sizes)
+
+
+def record_settings(ringbuf_bytes: int, wakeup_bytes: int) -> Settings:
+    """The settings of bpf/records.h for a program that emits every session."""
+    return {"emit_records": 1, "ringbuf_wakeup_bytes": wakeup_bytes}, {"records": ringbuf_bytes}
+
+
+def no_records() -> Settings:
+    """The settings of bpf/records.h for a program that emits none (the exporter's):
+    the ring buffer stays at its smallest size, never written."""
+    return {"emit_records": 0}, {"records": RINGBUF_MIN_BYTES}
 _ADDRESS_BYTES = {4: 4, 6: 16}
 
 

@@ -14,10 +14,8 @@ from . import inplace
 from .libbpf import RingBuffer
 from .options import SessionFilter
 from .program import SessionProgram
-from .records import ClosedSession, RecordDecoder
+from .records import ClosedSession, RecordDecoder, record_settings
 from .ringbuf import MappedRingBuffer
-
-RINGBUF_MIN_BYTES = 4096  # a page: the smallest ring buffer the kernel accepts
 
 
 @dataclass(frozen=True)
@@ -29,11 +27,6 @@ class TracerOptions:
     cgroup_path: str | None = None  # None: the root of the host's cgroup v2 hierarchy
 
 
-def no_records() -> tuple[dict[str, int], dict[str, int]]:
-    """Settings and map size of a program that emits no records (the exporter's)."""
-    return {"emit_records": 0}, {"records": RINGBUF_MIN_BYTES}
-
-
 class SessionTracer:
     """The program attached, and its closed sessions handed to ``on_session``
     at each ``poll``."""
@@ -43,10 +36,9 @@ class SessionTracer:
         self.program = SessionProgram(options.max_sessions)
         self._ring: MappedRingBuffer | RingBuffer | None = None
         try:
-            self.program.configure(
-                {**options.filter.rodata(), "emit_records": 1,
-                 "ringbuf_wakeup_bytes": options.wakeup_bytes},
-                {"records": options.ringbuf_bytes})
+            records_rodata, records_size = record_settings(options.ringbuf_bytes,
+                                                           options.wakeup_bytes)
+            self.program.configure({**options.filter.rodata(), **records_rodata}, records_size)
             self.program.load()
             decoder = RecordDecoder(self.program.btf)
             fd = self.program.obj.map_fd("records")
