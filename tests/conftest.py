@@ -2,7 +2,7 @@
 
 Tests that load BPF programs carry the ``bpf`` marker and need root; the
 others (configuration, layouts, exposition, formats, metric building,
-deployment files) run as any user in seconds: ``pytest -m "not bpf"``.
+deployment files) run without privileges in seconds: ``pytest -m "not bpf"``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,16 @@ from tcplife_exporter.program import bpf_object_path
 
 from .helpers.tracing import TcplifeProcess
 
-if os.geteuid() != 0:
-    # An unprivileged run may not write hypothesis' example database into the checkout.
+
+def privileged() -> bool:
+    """Root with capabilities: `make test`'s first layer runs as root with none."""
+    with open("/proc/self/status") as status:
+        effective = next(line for line in status if line.startswith("CapEff:"))
+    return os.geteuid() == 0 and int(effective.split()[1], 16) != 0
+
+
+if not privileged():
+    # Another user may not write hypothesis' example database into the checkout.
     settings.register_profile("unprivileged", database=None)
     settings.load_profile("unprivileged")
 
@@ -33,7 +41,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(trylast=True)  # after -m has deselected
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # A kernel test without root would test nothing: refuse rather than skip.
-    if os.geteuid() != 0 and any(item.get_closest_marker("bpf") for item in items):
+    if not privileged() and any(item.get_closest_marker("bpf") for item in items):
         pytest.exit('these tests load BPF programs and must run as root (or select the '
                     'others with -m "not bpf")', returncode=1)
 
