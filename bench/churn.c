@@ -45,6 +45,7 @@ struct options {
 	bool ipv6;
 	bool client_closes;	/* the client closes first (TIME_WAIT on the client side) */
 	double rate;		/* sessions per second over all workers; 0: as fast as possible */
+	bool pin;		/* worker i runs on CPU i (modulo the CPUs online) only */
 };
 
 struct worker {
@@ -231,6 +232,29 @@ static void *work(void *arg)
 	return NULL;
 }
 
+/*
+ * Pinned workers keep each session on one CPU: at a fixed rate the busy time
+ * per session then varies far less from run to run (no migrations, whose cost
+ * in a VM depends on which CPU happens to be idle).
+ */
+static int start_worker(struct worker *w)
+{
+	pthread_attr_t attr;
+	cpu_set_t cpu;
+	int err;
+
+	if (pthread_attr_init(&attr))
+		return -1;
+	if (w->opt->pin) {
+		CPU_ZERO(&cpu);
+		CPU_SET(w->index % sysconf(_SC_NPROCESSORS_ONLN), &cpu);
+		pthread_attr_setaffinity_np(&attr, sizeof(cpu), &cpu);
+	}
+	err = pthread_create(&w->thread, &attr, work, w);
+	pthread_attr_destroy(&attr);
+	return err;
+}
+
 /* A whole-string number within [low, high], else the usage message. */
 static double number(const char *text, double low, double high)
 {
@@ -248,8 +272,9 @@ static void usage(void)
 {
 	fprintf(stderr,
 		"usage: churn [-w workers] [-d seconds] [-s bytes] [-p ports-per-worker]\n"
-		"             [-b base-port] [-r sessions-per-second] [-6] [-C]\n"
-		"  -C  the client closes first (default: the server, keeping clients' ports free)\n");
+		"             [-b base-port] [-r sessions-per-second] [-6] [-C] [-P]\n"
+		"  -C  the client closes first (default: the server, keeping clients' ports free)\n"
+		"  -P  pin worker i to CPU i (modulo the CPUs online)\n");
 	exit(2);
 }
 
@@ -262,7 +287,7 @@ int main(int argc, char **argv)
 	double started, elapsed;
 	int c;
 
-	while ((c = getopt(argc, argv, "w:d:s:p:b:r:6C")) != -1) {
+	while ((c = getopt(argc, argv, "w:d:s:p:b:r:6CP")) != -1) {
 		switch (c) {
 		case 'w': opt.workers = (int)number(optarg, 1, 1024); break;
 		case 'd': opt.seconds = number(optarg, 0.001, 1e6); break;
@@ -272,6 +297,7 @@ int main(int argc, char **argv)
 		case 'r': opt.rate = number(optarg, 0, 1e9); break;
 		case '6': opt.ipv6 = true; break;
 		case 'C': opt.client_closes = true; break;
+		case 'P': opt.pin = true; break;
 		default: usage();
 		}
 	}
@@ -297,7 +323,7 @@ int main(int argc, char **argv)
 	}
 	started = now();
 	for (int i = 0; i < opt.workers; i++) {
-		if (pthread_create(&workers[i].thread, NULL, work, &workers[i])) {
+		if (start_worker(&workers[i])) {
 			fprintf(stderr, "churn: cannot start worker %d\n", i);
 			return 1;
 		}

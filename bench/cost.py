@@ -3,17 +3,23 @@
 Saturated throughput cannot separate tools that differ by a few per cent (single
 rounds vary by more). At a fixed rate below saturation the churn does the same
 work with or without a tool, so the machine's extra busy CPU is the tool's cost:
-all CPUs, user and kernel, softirq included (elapsed time minus /proc/stat's idle
-time: see cpu_clock()), minus the busy CPU of the churn alone in the same round,
-divided by the sessions. Every contender
-runs at every rate in each round, in a new random order each round.
+all CPUs, user and kernel, softirq included (elapsed time minus the kernel's idle
+clock: see busy_clock()), per session, minus that of the churn alone run right
+before or after it (in random order), so that the machine's drift cancels.
+Every contender runs at every rate in each round, in a new random order.
 
-Contenders: the churn alone; the do-nothing programs where the tools attach (a
-sock_ops program asking for the same callbacks as tcplife-exporter: its floor;
-a tracepoint program: bpftrace's); bpftrace keeping a lifespan histogram only
+The paced churn is one worker pinned to the first CPU, in a network namespace
+of its own that keeps no TIME_WAIT sockets: a session's work then stays on one
+CPU, and no run pays for the TIME_WAIT timers of an earlier one (a saturated run
+leaves over 100,000 behind, expiring a minute later). The saturated rounds run
+after the paced ones, in the same namespace with --workers unpinned workers, and
+give the throughput ratio against the churn alone, also in adjacent pairs.
+
+Contenders: the do-nothing programs where the tools attach (a sock_ops program
+asking for the same callbacks as tcplife-exporter: its floor; a tracepoint
+program: bpftrace's); bpftrace keeping a lifespan histogram only
 (bench/lifespan.bt, the cheapest useful peer); tcplife-exporter with the default
-config, not scraped; tcplife printing every session to a file in RAM. The
-saturated rounds (rate "max") give the throughput ratio against the churn alone.
+config, not scraped; tcplife printing every session to a file in RAM.
 
 Run as root from the repository: `make bench-cost` (or `.venv/bin/python bench/cost.py`).
 """
@@ -26,8 +32,10 @@ import json
 import os
 import platform
 import random
+import re
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,34 +54,35 @@ from run import (
     wait_until,
 )
 
-USER_HZ = os.sysconf("SC_CLK_TCK")
 CPUS = os.sysconf("SC_NPROCESSORS_ONLN")
 SETTLE_S = 0.5  # after a tool is ready, before measuring: its start-up is not per session
+NETNS = f"tcplife-cost-{os.getpid()}"
 
 
-def cpu_clock() -> tuple[float, float]:
-    """(CPU seconds elapsed on all CPUs, CPU seconds idle): their difference over an
-    interval is the busy time, user and kernel, irq and softirq included.
+def busy_clock() -> float:
+    """CPU seconds busy on all CPUs since boot: user and kernel, irq and softirq.
 
-    Idle (and iowait) in /proc/stat comes from the kernel's own idle clock, exact
-    under NO_HZ (an interrupt on an idle CPU ends idle time). The busy fields
-    (user, system, softirq...) are sampled at each tick instead
-    (CONFIG_TICK_CPU_ACCOUNTING): a paced load whose bursts fall between ticks is
-    counted at a fraction of its time, or more than it. Measured here: churn
-    alone at 20,000 sessions/s for 3 s, busy fields 0.07 s, elapsed minus idle
-    1.87 s; at full speed both 6.04 s.
+    Elapsed time minus the NO_HZ idle clock of each CPU, in nanoseconds from
+    /proc/timer_list. The busy fields of /proc/stat are sampled at each tick on
+    this kernel (CONFIG_TICK_CPU_ACCOUNTING: a paced churn that used 1.87 CPU s
+    showed as 0.07), and its idle field counts in 1/100 s: 1,000 ns per session
+    over a second at 10,000 sessions/s. A CPU idle right now has its current idle
+    period added (the file shows it as entered after the last exit).
     """
-    with open("/proc/stat") as stat:
-        fields = stat.readline().split()
-    elapsed = time.monotonic() * CPUS
-    idle, iowait = int(fields[4]), int(fields[5])
-    return elapsed, (idle + iowait) / USER_HZ
+    text = Path("/proc/timer_list").read_text()
+    now = int(re.search(r"^now at (\d+) nsecs", text, re.M).group(1))
+    idle = 0
+    for cpu in text.split("\ncpu: ")[1:]:
+        field = {name: int(value) for name, value in
+                 re.findall(r"^\s+\.(idle_\w+|iowait_sleeptime)\s*: (\d+) nsecs", cpu, re.M)}
+        idle += field["idle_sleeptime"] + field["iowait_sleeptime"]
+        if field["idle_entrytime"] > field["idle_exittime"]:
+            idle += now - field["idle_entrytime"]
+    return (now * CPUS - idle) / 1e9
 
 
 @dataclass
 class Run:
-    contender: str
-    rate: float  # asked; 0: as fast as possible
     sessions: int
     failures: int
     seconds: float
@@ -82,6 +91,26 @@ class Run:
     @property
     def achieved(self) -> float:
         return self.sessions / self.seconds
+
+
+@dataclass
+class Pair:
+    """A contender's run and the churn alone's, one right after the other."""
+
+    contender: str
+    rate: float  # asked; 0: as fast as possible
+    tool: Run
+    alone: Run
+
+    @property
+    def added_ns(self) -> float:
+        """CPU per session over the churn's own, in nanoseconds."""
+        return (self.tool.busy_s / self.tool.sessions
+                - self.alone.busy_s / self.alone.sessions) * 1e9
+
+    @property
+    def throughput(self) -> float:
+        return self.tool.achieved / self.alone.achieved
 
 
 @contextlib.contextmanager
@@ -99,9 +128,13 @@ def noop(*flags: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def bpftrace() -> Iterator[None]:
-    """Attached once it says so on stdout; its histogram, printed at exit, is not read."""
-    with tempfile.TemporaryFile("w+") as out, \
-            tool_process(["bpftrace", str(BENCH / "lifespan.bt")], stdout=out) as tool:
+    """Attached once it says so on stdout; its histogram, printed at exit, is not read.
+    It finds tracepoints in tracefs, which a fresh boot may not have mounted: it gets
+    a mount of its own, in a mount namespace of its own."""
+    argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            'mount -t tracefs nodev /sys/kernel/tracing && exec bpftrace "$0"',
+            str(BENCH / "lifespan.bt")]
+    with tempfile.TemporaryFile("w+") as out, tool_process(argv, stdout=out) as tool:
         wait_until(lambda: "Attaching" in (out.seek(0), out.read())[1], tool, "bpftrace")
         yield
 
@@ -120,78 +153,140 @@ def tcplife() -> Iterator[None]:
         yield
 
 
-CONTENDERS: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
-    "churn alone": nothing,
-    "do-nothing sock_ops (floor)": noop,
-    "do-nothing tracepoint": lambda: noop("--tracepoint"),
-    "bpftrace lifespan hist": bpftrace,
-    "tcplife-exporter": tcplife_exporter,
-    "tcplife > file in RAM": tcplife,
-}
-BASE = "churn alone"
+FLOOR = "do-nothing sock_ops (floor)"
+TRACEPOINT = "do-nothing tracepoint"
+BPFTRACE = "bpftrace lifespan hist"
+EXPORTER = "tcplife-exporter"
+TCPLIFE_ROW = "tcplife > file in RAM"
 BEFORE = "tcplife-exporter before"  # --compare: another checkout's, side by side
+CONTENDERS: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
+    FLOOR: noop,
+    TRACEPOINT: lambda: noop("--tracepoint"),
+    BPFTRACE: bpftrace,
+    EXPORTER: tcplife_exporter,
+    TCPLIFE_ROW: tcplife,
+}
 
 
-def measure(contender: str, rate: float, args: argparse.Namespace) -> Run:
-    with CONTENDERS[contender]():
+@contextlib.contextmanager
+def quiet_netns() -> Iterator[list[str]]:
+    """A network namespace whose loopback keeps no TIME_WAIT sockets (each is
+    closed at once, as when the table is full); yields the command prefix."""
+    subprocess.run(["ip", "netns", "add", NETNS], check=True)
+    try:
+        wrapper = ["ip", "netns", "exec", NETNS]
+        subprocess.run([*wrapper, "sh", "-c", "ip link set lo up && "
+                        "sysctl -q net.ipv4.tcp_max_tw_buckets=0"], check=True)
+        yield wrapper
+    finally:
+        subprocess.run(["ip", "netns", "delete", NETNS], check=False)
+
+
+def one_run(contender: Callable[[], contextlib.AbstractContextManager], rate: float,
+            args: argparse.Namespace, wrapper: list[str]) -> Run:
+    paced = ["-r", str(rate), "-P"] if rate else []
+    with contender():
         time.sleep(SETTLE_S)
-        elapsed, idle = cpu_clock()
-        result = churn(args.seconds, args.workers, ["-r", str(rate)] if rate else [])
-        elapsed_after, idle_after = cpu_clock()
-    busy = (elapsed_after - elapsed) - (idle_after - idle)
-    return Run(contender, rate, result["sessions"], result["failures"], result["seconds"], busy)
+        before = busy_clock()
+        result = churn(args.seconds, 1 if rate else args.workers, paced, wrapper)
+        busy = busy_clock() - before
+    return Run(result["sessions"], result["failures"], result["seconds"], busy)
 
 
-def added_ns(run: Run, base: Run) -> float:
-    """CPU per session over the churn's own, in nanoseconds."""
-    return (run.busy_s / run.sessions - base.busy_s / base.sessions) * 1e9
+def pair(contender: str, rate: float, args: argparse.Namespace, wrapper: list[str]) -> Pair:
+    first_alone = random.random() < 0.5
+    runs = {}
+    for alone in (first_alone, not first_alone):
+        runs[alone] = one_run(nothing if alone else CONTENDERS[contender], rate, args, wrapper)
+    return Pair(contender, rate, runs[False], runs[True])
 
 
 def spread(values: list[float], digits: int = 0) -> str:
-    low, mid, high = min(values), statistics.median(values), max(values)
+    """Median and the middle half of the values."""
+    low, mid, high = statistics.quantiles(values, n=4, method="inclusive") \
+        if len(values) > 1 else values * 3
     return f"{mid:,.{digits}f} ({low:,.{digits}f} to {high:,.{digits}f})"
 
 
-def report(rounds: list[dict[tuple[str, float], Run]], args: argparse.Namespace) -> str:
+def median_of(pairs: list[Pair], contender: str, rate: float, value: str) -> float:
+    return statistics.median(getattr(p, value) for p in pairs
+                             if p.contender == contender and p.rate == rate)
+
+
+def targets(pairs: list[Pair], rates: list[float], saturated: bool) -> list[str]:
+    """The issue's targets, from the medians of this run."""
+    lines = []
+    for rate in rates:
+        ns = {c: median_of(pairs, c, rate, "added_ns") for c in (EXPORTER, TRACEPOINT, BPFTRACE)}
+        lines.append(f"At {rate:,.0f}/s the exporter adds {ns[EXPORTER] / ns[TRACEPOINT]:.2f}x "
+                     f"the do-nothing tracepoint program (target at most 1.5x) and "
+                     f"{ns[EXPORTER] / ns[BPFTRACE]:.2f}x bpftrace's lifespan histogram "
+                     f"(target at most 0.5x).")
+    if saturated:
+        lines.append(f"Saturated throughput: exporter "
+                     f"{median_of(pairs, EXPORTER, 0, 'throughput'):.3f} (target at least "
+                     f"0.98), tcplife {median_of(pairs, TCPLIFE_ROW, 0, 'throughput'):.3f} "
+                     f"(target at least 0.85) of the churn alone.")
+    return lines
+
+
+def report(pairs: list[Pair], args: argparse.Namespace) -> str:
     rates = [r for r in args.rates if r]
-    out = [f"Machine: {platform.node()}, Linux {platform.release()}, {os.cpu_count()} CPUs; "
-           f"{len(rounds)} rounds of {args.seconds:g} s per contender and rate, in random "
-           f"order; {args.workers} churn workers, 64 B each way, IPv4 loopback. Busy CPU: "
-           f"elapsed minus /proc/stat idle, all CPUs (1/{USER_HZ} s per reading).", ""]
-    header = ["contender"] + [f"added CPU per session at {r:,.0f}/s, ns: median (range)"
-                              for r in rates]
-    if 0 in args.rates:
-        header.append("throughput at saturation vs. churn alone: median (range)")
+    saturated = 0 in args.rates
+    out = [f"Machine: {platform.node()}, Linux {platform.release()}, {CPUS} CPUs; "
+           f"{args.rounds} rounds of {args.seconds:g} s runs, each contender's run next to "
+           f"one of the churn alone, in random order. Paced: 1 churn worker pinned to CPU 0 "
+           f"in a netns without TIME_WAIT; saturated: {args.workers} workers. 64 B each way, "
+           f"IPv4 loopback. Median (middle half).", ""]
+    header = ["contender"] + [f"added CPU per session at {r:,.0f}/s, ns" for r in rates]
+    if saturated:
+        header.append("throughput at saturation vs. churn alone")
     out += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for contender in CONTENDERS:
-        if contender == BASE:
-            continue
         cells = [contender]
         for rate in rates:
-            cells.append(spread([added_ns(r[(contender, rate)], r[(BASE, rate)])
-                                 for r in rounds]))
-        if 0 in args.rates:
-            cells.append(spread([r[(contender, 0)].achieved / r[(BASE, 0)].achieved
-                                 for r in rounds], 3))
+            cells.append(spread([p.added_ns for p in pairs
+                                 if p.contender == contender and p.rate == rate]))
+        if saturated:
+            cells.append(spread([p.throughput for p in pairs
+                                 if p.contender == contender and p.rate == 0], 3))
         out.append("| " + " | ".join(cells) + " |")
-    base_cells = [f"{statistics.median(r[(BASE, rate)].achieved for r in rounds):,.0f}/s "
-                  f"({statistics.median(r[(BASE, rate)].busy_s for r in rounds) / args.seconds:.2f}"
-                  " CPUs busy)" for rate in args.rates]
-    out += ["", "Churn alone, median: " + "; ".join(
-        f"asked {rate:,.0f}/s: {cell}" if rate else f"saturated: {cell}"
-        for rate, cell in zip(args.rates, base_cells)) + "."]
-    failures = sum(run.failures for r in rounds for run in r.values())
+    alone = []
+    for rate in args.rates:
+        runs = [p.alone for p in pairs if p.rate == rate]
+        alone.append((f"asked {rate:,.0f}/s: " if rate else "saturated: ")
+                     + f"{statistics.median(r.achieved for r in runs):,.0f}/s, "
+                     f"{statistics.median(r.busy_s / r.sessions for r in runs) * 1e9:,.0f} "
+                     "ns busy per session")
+    out += ["", "Churn alone, median: " + "; ".join(alone) + "."]
+    failures = sum(run.failures for p in pairs for run in (p.tool, p.alone))
     out.append(f"Churn sessions that failed, all runs: {failures:,}.")
+    if {EXPORTER, TRACEPOINT, BPFTRACE, TCPLIFE_ROW} <= CONTENDERS.keys():
+        out += ["", *targets(pairs, rates, saturated)]
     return "\n".join(out)
+
+
+def phase(rates: list[float], args: argparse.Namespace, wrapper: list[str]) -> list[Pair]:
+    pairs = []
+    for number in range(args.rounds):
+        order = [(c, rate) for c in CONTENDERS for rate in rates]
+        random.shuffle(order)
+        done = [pair(c, rate, args, wrapper) for c, rate in order]
+        pairs += done
+        print(f"round {number + 1}: " + ", ".join(
+            f"{p.contender} at {p.rate:g}: " + (f"{p.added_ns:,.0f} ns" if p.rate
+                                               else f"{p.throughput:.3f}")
+            for p in done), file=sys.stderr)
+    return pairs
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=5)
-    parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--rates", type=float, nargs="+", default=[5000, 20000, 0],
-                        help="sessions per second over all workers; 0: saturated")
+    parser.add_argument("--rounds", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=2)
+    parser.add_argument("--workers", type=int, default=4, help="of the saturated churn")
+    parser.add_argument("--rates", type=float, nargs="+", default=[5000, 10000, 0],
+                        help="sessions per second of the paced churn; 0: saturated")
     parser.add_argument("--json", metavar="PATH", help="also write the raw runs here")
     parser.add_argument("--compare", metavar="CHECKOUT", type=Path,
                         help="also run the exporter of another checkout (its BPF object "
@@ -204,18 +299,13 @@ def main() -> int:
         raise SystemExit("bench: run as root (it loads BPF programs)")
     build_churn()
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
-    rounds = []
-    for number in range(args.rounds):
-        order = [(c, rate) for c in CONTENDERS for rate in args.rates]
-        random.shuffle(order)
-        rounds.append({key: measure(*key, args) for key in order})
-        print(f"round {number + 1}: " + ", ".join(
-            f"{c} at {rate:g}: {added_ns(run, rounds[-1][(BASE, rate)]):,.0f} ns"
-            for (c, rate), run in rounds[-1].items() if c != BASE and rate), file=sys.stderr)
+    with quiet_netns() as wrapper:
+        pairs = phase([r for r in args.rates if r], args, wrapper)
+        if 0 in args.rates:
+            pairs += phase([0], args, wrapper)
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            [[asdict(run) for run in r.values()] for r in rounds], indent=1))
-    print(report(rounds, args))
+        Path(args.json).write_text(json.dumps([asdict(p) for p in pairs], indent=1))
+    print(report(pairs, args))
     return 0
 
 

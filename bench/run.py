@@ -87,8 +87,9 @@ def exporter_tally(found: dict[str, float]) -> tuple[int, int]:
     return traced, lost
 
 
-def churn(seconds: float, workers: int, extra: list[str] = ()) -> dict:
-    done = subprocess.run([str(CHURN), "-w", str(workers), "-d", str(seconds), *extra],
+def churn(seconds: float, workers: int, extra: list[str] = (), wrapper: list[str] = ()) -> dict:
+    """Runs bench/churn (under ``wrapper``, e.g. ip netns exec NAME), its JSON line."""
+    done = subprocess.run([*wrapper, str(CHURN), "-w", str(workers), "-d", str(seconds), *extra],
                           capture_output=True, text=True, check=False)
     if done.returncode not in (0, 3):  # 3: some sessions failed; counted and reported
         raise SystemExit(f"churn failed ({done.returncode}): {done.stderr.strip()}")

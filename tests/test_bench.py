@@ -4,9 +4,11 @@ short `bench/run.py` completes with the exporter's count exact."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,26 @@ def test_churn_counts_every_session_and_rejects_bad_arguments(tmp_path):
     assert 45 <= paced["sessions"] <= 51 and paced["seconds"] < 1.2
     bad = subprocess.run([str(binary), "-r", "fast"], capture_output=True, text=True)
     assert bad.returncode == 2 and "is not a number" in bad.stderr
+
+
+def test_pinned_churn_workers_run_on_one_cpu_each(tmp_path):
+    binary = build_churn(tmp_path)
+    cpus = os.sysconf("SC_NPROCESSORS_ONLN")
+    workers = cpus + 1  # the last one shares CPU 0
+    churn = subprocess.Popen([str(binary), "-w", str(workers), "-d", "2", "-b", "23000", "-P"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        tasks = Path(f"/proc/{churn.pid}/task")
+        deadline = time.monotonic() + 1.5
+        while len(list(tasks.iterdir())) < workers + 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        allowed = sorted(re.search(r"^Cpus_allowed_list:\s+(\S+)$",
+                                   (task / "status").read_text(), re.M).group(1)
+                         for task in tasks.iterdir() if task.name != str(churn.pid))
+    finally:
+        result = json.loads(churn.communicate(timeout=10)[0])
+    assert allowed == sorted([str(i % cpus) for i in range(workers)])
+    assert result["sessions"] > 100 and result["failures"] == 0
 
 
 def test_a_short_bench_run_completes_and_the_exporter_is_exact():
@@ -64,8 +86,9 @@ def test_a_short_cost_run_measures_every_contender(tmp_path):
                         done.stdout, re.M)
         assert row, (contender, done.stdout)
         assert 0.3 < float(row.group(2)) < 1.2, row.group(0)  # a throughput ratio
-    # Paced: each of the 4 workers starts a session every 0.8 ms for 1 s, 1,250 each.
-    # (The printed rate divides by the run's elapsed time, a little over 1 s.)
-    [runs] = json.loads(raw.read_text())
-    paced = [run for run in runs if run["rate"] == 5000]
-    assert len(paced) == 6 and all(run["sessions"] == 5000 for run in paced), paced
+    # Paced: one worker starts a session every 0.2 ms for 1 s, with each contender
+    # and in the churn alone next to it.
+    pairs = json.loads(raw.read_text())
+    paced = [pair for pair in pairs if pair["rate"] == 5000]
+    assert len(paced) == 5 and all(pair[run]["sessions"] == 5000 for pair in paced
+                                   for run in ("tool", "alone")), paced
