@@ -55,8 +55,12 @@ from run import (
 )
 
 CPUS = os.sysconf("SC_NPROCESSORS_ONLN")
-SETTLE_S = 0.5  # after a tool is ready, before measuring: its start-up is not per session
 NETNS = f"tcplife-cost-{os.getpid()}"
+# Quiet: under 5 % of one CPU busy for two windows of 0.1 s in a row (an idle
+# machine here: about 1 %, this script's own readings included).
+QUIET_WINDOW_S = 0.1
+QUIET_BUSY_S = 0.005
+QUIET_WAIT_MAX_S = 10
 
 
 def busy_clock() -> float:
@@ -79,6 +83,25 @@ def busy_clock() -> float:
         if field["idle_entrytime"] > field["idle_exittime"]:
             idle += now - field["idle_entrytime"]
     return (now * CPUS - idle) / 1e9
+
+
+def until_quiet() -> None:
+    """Waits until the machine is next to idle before a measured run: what the
+    previous run's tool left behind (at its exit the kernel frees its maps in a
+    worker, milliseconds of CPU for a large table; bpftrace compiles its script)
+    and what this one's does at start-up are not per-session costs, and 0.1 s
+    of them is 10,000 ns per session in a 2 s run at 5,000 sessions/s."""
+    deadline = time.monotonic() + QUIET_WAIT_MAX_S
+    quiet, before = 0, busy_clock()
+    while quiet < 2:
+        if time.monotonic() > deadline:
+            print("cost: the machine did not go quiet before a run; measured anyway",
+                  file=sys.stderr)
+            return
+        time.sleep(QUIET_WINDOW_S)
+        now = busy_clock()
+        quiet = quiet + 1 if now - before < QUIET_BUSY_S else 0
+        before = now
 
 
 @dataclass
@@ -186,7 +209,7 @@ def one_run(contender: Callable[[], contextlib.AbstractContextManager], rate: fl
             args: argparse.Namespace, wrapper: list[str]) -> Run:
     paced = ["-r", str(rate), "-P"] if rate else []
     with contender():
-        time.sleep(SETTLE_S)
+        until_quiet()
         before = busy_clock()
         result = churn(args.seconds, 1 if rate else args.workers, paced, wrapper)
         busy = busy_clock() - before
