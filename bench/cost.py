@@ -46,10 +46,13 @@ from pathlib import Path
 from run import (
     BENCH,
     NOOP_OBJECT,
+    STATS_SYSCTL,
     TCPLIFE,
     build_churn,
     churn,
     exporter,
+    program_stats,
+    programs_of,
     tool_process,
     wait_until,
 )
@@ -136,21 +139,22 @@ class Pair:
         return self.tool.achieved / self.alone.achieved
 
 
+# Each contender yields its process (None: the churn alone).
 @contextlib.contextmanager
 def nothing() -> Iterator[None]:
-    yield
+    yield None
 
 
 @contextlib.contextmanager
-def noop(*flags: str) -> Iterator[None]:
+def noop(*flags: str) -> Iterator[subprocess.Popen]:
     argv = [sys.executable, str(BENCH / "attach_noop.py"), str(NOOP_OBJECT), *flags]
     with tool_process(argv) as tool:
         wait_until(lambda: "attached" in tool.stderr_text(), tool, "the do-nothing program")
-        yield
+        yield tool
 
 
 @contextlib.contextmanager
-def bpftrace() -> Iterator[None]:
+def bpftrace() -> Iterator[subprocess.Popen]:
     """Attached once it says so on stdout; its histogram, printed at exit, is not read.
     It finds tracepoints in tracefs, which a fresh boot may not have mounted: it gets
     a mount of its own, in a mount namespace of its own."""
@@ -159,21 +163,21 @@ def bpftrace() -> Iterator[None]:
             str(BENCH / "lifespan.bt")]
     with tempfile.TemporaryFile("w+") as out, tool_process(argv, stdout=out) as tool:
         wait_until(lambda: "Attaching" in (out.seek(0), out.read())[1], tool, "bpftrace")
-        yield
+        yield tool  # unshare and sh exec: bpftrace itself
 
 
 @contextlib.contextmanager
-def tcplife_exporter(checkout: Path | None = None) -> Iterator[None]:
-    with exporter("", checkout):  # the default config
-        yield
+def tcplife_exporter(checkout: Path | None = None) -> Iterator[subprocess.Popen]:
+    with exporter("", checkout) as (tool, _url):  # the default config
+        yield tool
 
 
 @contextlib.contextmanager
-def tcplife() -> Iterator[None]:
+def tcplife() -> Iterator[subprocess.Popen]:
     with tempfile.TemporaryFile("w+b", dir="/dev/shm") as sink, \
             tool_process([*TCPLIFE], stdout=sink) as tool:
         wait_until(lambda: "Tracing TCP sessions" in tool.stderr_text(), tool, "tcplife")
-        yield
+        yield tool
 
 
 FLOOR = "do-nothing sock_ops (floor)"
@@ -216,6 +220,40 @@ def one_run(contender: Callable[[], contextlib.AbstractContextManager], rate: fl
     return Run(result["sessions"], result["failures"], result["seconds"], busy)
 
 
+@dataclass
+class ProgramTime:
+    """A contender's BPF programs over one paced run with kernel.bpf_stats_enabled=1."""
+
+    contender: str
+    rate: float
+    sessions: int
+    run_time_ns: int
+    runs: int
+
+
+def program_time(contender: str, rate: float, args: argparse.Namespace,
+                 wrapper: list[str]) -> ProgramTime:
+    with CONTENDERS[contender]() as tool:
+        until_quiet()
+        ids = programs_of(tool.pid)
+        before = program_stats(ids)
+        result = churn(args.seconds, 1, ["-r", str(rate), "-P"], wrapper)
+        after = program_stats(ids)
+    return ProgramTime(contender, rate, result["sessions"],
+                       sum(after[name][0] - before[name][0] for name in after),
+                       sum(after[name][1] - before[name][1] for name in after))
+
+
+@contextlib.contextmanager
+def bpf_stats() -> Iterator[None]:
+    before = STATS_SYSCTL.read_text()
+    STATS_SYSCTL.write_text("1")
+    try:
+        yield
+    finally:
+        STATS_SYSCTL.write_text(before)
+
+
 def pair(contender: str, rate: float, args: argparse.Namespace, wrapper: list[str]) -> Pair:
     first_alone = random.random() < 0.5
     runs = {}
@@ -253,7 +291,23 @@ def targets(pairs: list[Pair], rates: list[float], saturated: bool) -> list[str]
     return lines
 
 
-def report(pairs: list[Pair], args: argparse.Namespace) -> str:
+def program_table(times: list[ProgramTime], rates: list[float]) -> list[str]:
+    out = ["", "Time in the contender's BPF programs per session (kernel.bpf_stats_enabled=1, "
+           "which adds two clock reads to every run), ns: median (middle half); runs per "
+           "session.", "",
+           "| contender | " + " | ".join(f"at {r:,.0f}/s" for r in rates) + " |",
+           "|---" * (len(rates) + 1) + "|"]
+    for contender in CONTENDERS:
+        cells = [contender]
+        for rate in rates:
+            mine = [t for t in times if t.contender == contender and t.rate == rate]
+            cells.append(spread([t.run_time_ns / t.sessions for t in mine]) + "; "
+                         f"{statistics.median(t.runs / t.sessions for t in mine):.1f} runs")
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def report(pairs: list[Pair], times: list[ProgramTime], args: argparse.Namespace) -> str:
     rates = [r for r in args.rates if r]
     saturated = 0 in args.rates
     out = [f"Machine: {platform.node()}, Linux {platform.release()}, {CPUS} CPUs; "
@@ -284,6 +338,8 @@ def report(pairs: list[Pair], args: argparse.Namespace) -> str:
     out += ["", "Churn alone, median: " + "; ".join(alone) + "."]
     failures = sum(run.failures for p in pairs for run in (p.tool, p.alone))
     out.append(f"Churn sessions that failed, all runs: {failures:,}.")
+    if times:
+        out += program_table(times, rates)
     if {EXPORTER, TRACEPOINT, BPFTRACE, TCPLIFE_ROW} <= CONTENDERS.keys():
         out += ["", *targets(pairs, rates, saturated)]
     return "\n".join(out)
@@ -310,6 +366,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=4, help="of the saturated churn")
     parser.add_argument("--rates", type=float, nargs="+", default=[5000, 10000, 0],
                         help="sessions per second of the paced churn; 0: saturated")
+    parser.add_argument("--stats-rounds", type=int, default=3,
+                        help="rounds of paced runs with kernel.bpf_stats_enabled=1")
     parser.add_argument("--json", metavar="PATH", help="also write the raw runs here")
     parser.add_argument("--compare", metavar="CHECKOUT", type=Path,
                         help="also run the exporter of another checkout (its BPF object "
@@ -322,13 +380,22 @@ def main() -> int:
         raise SystemExit("bench: run as root (it loads BPF programs)")
     build_churn()
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
+    paced = [r for r in args.rates if r]
+    times = []
     with quiet_netns() as wrapper:
-        pairs = phase([r for r in args.rates if r], args, wrapper)
+        pairs = phase(paced, args, wrapper)
         if 0 in args.rates:
             pairs += phase([0], args, wrapper)
+        with bpf_stats():
+            for _ in range(args.stats_rounds):
+                order = [(c, rate) for c in CONTENDERS for rate in paced]
+                random.shuffle(order)
+                times += [program_time(c, rate, args, wrapper) for c, rate in order]
     if args.json:
-        Path(args.json).write_text(json.dumps([asdict(p) for p in pairs], indent=1))
-    print(report(pairs, args))
+        Path(args.json).write_text(json.dumps({"pairs": [asdict(p) for p in pairs],
+                                               "program_times": [asdict(t) for t in times]},
+                                              indent=1))
+    print(report(pairs, times, args))
     return 0
 
 

@@ -105,11 +105,11 @@ static __always_inline int owner_seen(const struct sock *sk, __u64 key)
 	struct open_session *s;
 	__u32 pid;
 	char comm[TASK_COMM_LEN];
-	int index, free;
+	int index;
 
 	if (!need_owner || !in_owner_context(sk))
 		return 0;
-	index = session_scan(key, &free);
+	index = session_find(key);
 	s = session_at(index);
 	if (s) {
 		if (!s->pid)
@@ -127,7 +127,7 @@ static __always_inline int owner_seen(const struct sock *sk, __u64 key)
 	if (!selected(wire_family(sk), local_port(sk), remote_port(sk)) ||
 	    !owner_if_running(sk, &pid, comm) || (filter_tgid && pid != filter_tgid))
 		return 0;
-	s = session_at(session_claim(key, free));
+	s = session_at(session_claim(key));
 	if (!s) {
 		count(COUNTER_SESSION_MAP_FULL);
 		return 0;

@@ -55,15 +55,19 @@ struct session_labels {
 };
 
 /*
- * One slot of the open-session table: what is remembered between a session's
- * birth and its close, keyed by the socket's address.
+ * One slot of the open-session table (bpf/open_sessions.h): what is
+ * remembered between a session's birth and its close, keyed by the socket's
+ * address; and, for the slot as a home, which slots hold keys of that home.
+ * One cache line, so that a session's callbacks touch one line of the table.
  */
 struct open_session {
-	struct session_labels labels;	/* first: 8-byte aligned, read as one word */
+	__u64 key;			/* the socket's address; 0: free */
+	__u64 reach;			/* as a home: bit i, slot + i holds a key of it */
+	struct session_labels labels;	/* 8-byte aligned, read as one word */
 	__u64 birth_ns;			/* 0: opened before the program */
 	__u32 pid;			/* 0 until seen in the owner's context */
 	char comm[TASK_COMM_LEN];
-};
+} __attribute__((aligned(64)));
 
 /* One closed TCP session, as sent through the ring buffer. */
 struct session_record {

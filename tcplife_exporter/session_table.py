@@ -1,12 +1,12 @@
 """The program's table of open sessions: sized, handed over at a reload, and
 read in place to count open sessions by their labels.
 
-The table is two arrays indexed alike (bpf/open_sessions.h): socket addresses
-in session_keys, struct open_session in session_values. Each slot begins
-with its session's labels (struct session_labels), one 64-bit word that the
-program writes whole once the slot is filled and clears first when it frees
-it (0: no labels). Reading only that word, one load per slot, needs no
-ordering between loads (inplace.py's rule), on any CPU.
+The table is one array of slots (bpf/open_sessions.h), struct open_session
+in session_slots. Each slot holds its session's labels (struct
+session_labels), one 64-bit word that the program writes whole once the slot
+is filled and clears first when it frees it (0: no labels). Reading only
+that word, one load per slot, needs no ordering between loads (inplace.py's
+rule), on any CPU.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from .inplace import mapped
 from .layout import StructLayout
 from .libbpf import BpfObject
 
-KEYS = "session_keys"
-VALUES = "session_values"
-MAPS = (KEYS, VALUES)
+SLOTS = "session_slots"
+MAPS = (SLOTS,)
 
 
 def slots_for(max_sessions: int) -> int:
@@ -33,8 +32,7 @@ def slots_for(max_sessions: int) -> int:
 
 def size(obj: BpfObject, max_sessions: int) -> None:
     """Before load: room for ``max_sessions`` open sessions."""
-    for name in MAPS:
-        obj.set_max_entries(name, slots_for(max_sessions))
+    obj.set_max_entries(SLOTS, slots_for(max_sessions))
 
 
 @dataclass(frozen=True)
@@ -60,7 +58,7 @@ class OpenSessions:
             raise TcplifeError("struct open_session's labels are not an aligned word")
         self._labels = StructLayout(btf, "session_labels")
         self._directions = btf.enum_labels("direction", "DIRECTION_")
-        self._mapping = mapped(obj.map_fd(VALUES), stride * slots, f"the BPF map {VALUES}")
+        self._mapping = mapped(obj.map_fd(SLOTS), stride * slots, f"the BPF map {SLOTS}")
         self._views = [memoryview(self._mapping)]
         self._views.append(self._views[-1].cast("Q"))
         words_per_slot = stride // 8

@@ -76,10 +76,13 @@ def test_a_short_bench_run_completes_and_the_exporter_is_exact():
 def test_a_short_cost_run_measures_every_contender(tmp_path):
     """bench/cost.py: each contender at a fixed rate and saturated, in one round."""
     raw = tmp_path / "cost.json"
+    sysctl = Path("/proc/sys/kernel/bpf_stats_enabled")
+    stats = sysctl.read_text()
     done = subprocess.run([sys.executable, "bench/cost.py", "--rounds", "1", "--seconds", "1",
-                           "--rates", "5000", "0", "--json", str(raw)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+                           "--rates", "5000", "0", "--stats-rounds", "1", "--json", str(raw)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+    assert sysctl.read_text() == stats
     for contender in ("do-nothing sock_ops (floor)", "do-nothing tracepoint",
                       "bpftrace lifespan hist", "tcplife-exporter", "tcplife > file in RAM"):
         row = re.search(rf"^\| {re.escape(contender)} \| (-?[\d,]+) \(.*\) \| (\d\.\d+) \(",
@@ -88,7 +91,10 @@ def test_a_short_cost_run_measures_every_contender(tmp_path):
         assert 0.3 < float(row.group(2)) < 1.2, row.group(0)  # a throughput ratio
     # Paced: one worker starts a session every 0.2 ms for 1 s, with each contender
     # and in the churn alone next to it.
-    pairs = json.loads(raw.read_text())
-    paced = [pair for pair in pairs if pair["rate"] == 5000]
+    runs = json.loads(raw.read_text())
+    paced = [pair for pair in runs["pairs"] if pair["rate"] == 5000]
     assert len(paced) == 5 and all(pair[run]["sessions"] == 5000 for pair in paced
                                    for run in ("tool", "alone")), paced
+    # With bpf_stats: every contender's programs ran at least once per session.
+    times = runs["program_times"]
+    assert len(times) == 5 and all(t["runs"] >= t["sessions"] == 5000 for t in times), times
