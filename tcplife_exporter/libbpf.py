@@ -32,7 +32,7 @@ from ctypes import (
 )
 from pathlib import Path
 
-from . import cgroup
+from . import cgroup, preflight
 from .errors import TcplifeError
 
 log = logging.getLogger(__name__)
@@ -291,7 +291,7 @@ class BpfObject:
         if -err in (errno.EPERM, errno.EACCES) and not libbpf_log.has_verifier_log():
             raise TcplifeError(
                 "the kernel refused to load the BPF program (permission denied): "
-                "run as root or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"
+                + preflight.refused_load_reason()
             )
         raise TcplifeError(
             f"the kernel rejected the BPF program ({errno_text(err)}): {libbpf_log.tail()}"

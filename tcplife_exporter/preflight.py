@@ -11,12 +11,32 @@ KERNEL_BTF = "/sys/kernel/btf/vmlinux"
 CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 12, 21, 38, 39
 
 
-def effective_capabilities(status_path: str = "/proc/self/status") -> int:
+def _status_field(name: str, status_path: str) -> str:
     with open(status_path) as status:
         for line in status:
-            if line.startswith("CapEff:"):
-                return int(line.split()[1], 16)
-    return 0
+            if line.startswith(f"{name}:"):
+                return line.split()[1]
+    return "0"
+
+
+def effective_capabilities(status_path: str = "/proc/self/status") -> int:
+    return int(_status_field("CapEff", status_path), 16)
+
+
+def seccomp_filtered(status_path: str = "/proc/self/status") -> bool:
+    """Whether a seccomp filter screens this process's system calls (mode 2)."""
+    return _status_field("Seccomp", status_path) == "2"
+
+
+def refused_load_reason() -> str:
+    """Why loading failed with EPERM once the capabilities were found present."""
+    if seccomp_filtered():
+        return ("this process has the capabilities but runs under a seccomp filter, the "
+                "likely cause: older default profiles of container runtimes (podman's on "
+                "Debian 12, for one) allow bpf() only with CAP_SYS_ADMIN; use a profile that "
+                "allows it with CAP_BPF (containerd's since 2022), or seccompProfile "
+                "Unconfined for this pod")
+    return "run as root or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"
 
 
 def missing_capabilities(effective: int) -> list[str]:
