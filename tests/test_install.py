@@ -24,7 +24,7 @@ pytestmark = pytest.mark.bpf
 
 BPF_OBJECT = "tcplife_exporter/bpf/tcplife.bpf.o"
 LIBBPF_EXTENSION = "tcplife_exporter/_libbpf.abi3.so"
-# Every libbpf.so.1 the dynamic linker knows of becomes an empty file.
+# Every libbpf.so.1 the dynamic linker knows of becomes /dev/null (loading it fails).
 HIDE_SYSTEM_LIBBPF = ("for lib in $(ldconfig -p | awk '/libbpf.so.1 /{print $NF}'); do "
                       "mount --bind /dev/null $(readlink -f $lib); done")
 
