@@ -276,13 +276,19 @@ def median_of(pairs: list[Pair], contender: str, rate: float, value: str) -> flo
 
 def targets(pairs: list[Pair], rates: list[float], saturated: bool) -> list[str]:
     """The issue's targets, from the medians of this run."""
+    def times(ns: dict[str, float], of: str, what: str, target: str) -> str:
+        if ns[of] <= 0:  # a median below the noise: no ratio means anything
+            return f"an unknown multiple of {what} (its median is {ns[of]:,.0f} ns: more rounds)"
+        return f"{ns[EXPORTER] / ns[of]:.2f}x {what} (target {target})"
+
     lines = []
     for rate in rates:
         ns = {c: median_of(pairs, c, rate, "added_ns") for c in (EXPORTER, TRACEPOINT, BPFTRACE)}
-        lines.append(f"At {rate:,.0f}/s the exporter adds {ns[EXPORTER] / ns[TRACEPOINT]:.2f}x "
-                     f"the do-nothing tracepoint program (target at most 1.5x) and "
-                     f"{ns[EXPORTER] / ns[BPFTRACE]:.2f}x bpftrace's lifespan histogram "
-                     f"(target at most 0.5x).")
+        lines.append(f"At {rate:,.0f}/s the exporter adds "
+                     + times(ns, TRACEPOINT, "the do-nothing tracepoint program", "at most 1.5x")
+                     + " and "
+                     + times(ns, BPFTRACE, "bpftrace's lifespan histogram", "at most 0.5x")
+                     + ".")
     if saturated:
         lines.append(f"Saturated throughput: exporter "
                      f"{median_of(pairs, EXPORTER, 0, 'throughput'):.3f} (target at least "
