@@ -209,13 +209,26 @@ def quiet_netns() -> Iterator[list[str]]:
         subprocess.run(["ip", "netns", "delete", NETNS], check=False)
 
 
+def churn_at(rate: float, args: argparse.Namespace, wrapper: list[str]) -> dict:
+    """The churn at a fixed rate (one pinned worker), or saturated (rate 0)."""
+    if rate:
+        return churn(args.seconds, 1, ["-r", str(rate), "-P"], wrapper)
+    return churn(args.seconds, args.workers, [], wrapper)
+
+
+def shuffled(rates: list[float]) -> list[tuple[str, float]]:
+    """Every contender at every rate, in a new random order."""
+    order = [(c, rate) for c in CONTENDERS for rate in rates]
+    random.shuffle(order)
+    return order
+
+
 def one_run(contender: Callable[[], contextlib.AbstractContextManager], rate: float,
             args: argparse.Namespace, wrapper: list[str]) -> Run:
-    paced = ["-r", str(rate), "-P"] if rate else []
     with contender():
         until_quiet()
         before = busy_clock()
-        result = churn(args.seconds, 1 if rate else args.workers, paced, wrapper)
+        result = churn_at(rate, args, wrapper)
         busy = busy_clock() - before
     return Run(result["sessions"], result["failures"], result["seconds"], busy)
 
@@ -237,7 +250,7 @@ def program_time(contender: str, rate: float, args: argparse.Namespace,
         until_quiet()
         ids = programs_of(tool.pid)
         before = program_stats(ids)
-        result = churn(args.seconds, 1, ["-r", str(rate), "-P"], wrapper)
+        result = churn_at(rate, args, wrapper)
         after = program_stats(ids)
     return ProgramTime(contender, rate, result["sessions"],
                        sum(after[name][0] - before[name][0] for name in after),
@@ -354,9 +367,7 @@ def report(pairs: list[Pair], times: list[ProgramTime], args: argparse.Namespace
 def phase(rates: list[float], args: argparse.Namespace, wrapper: list[str]) -> list[Pair]:
     pairs = []
     for number in range(args.rounds):
-        order = [(c, rate) for c in CONTENDERS for rate in rates]
-        random.shuffle(order)
-        done = [pair(c, rate, args, wrapper) for c, rate in order]
+        done = [pair(c, rate, args, wrapper) for c, rate in shuffled(rates)]
         pairs += done
         print(f"round {number + 1}: " + ", ".join(
             f"{p.contender} at {p.rate:g}: " + (f"{p.added_ns:,.0f} ns" if p.rate
@@ -394,9 +405,7 @@ def main() -> int:
             pairs += phase([0], args, wrapper)
         with bpf_stats():
             for _ in range(args.stats_rounds):
-                order = [(c, rate) for c in CONTENDERS for rate in paced]
-                random.shuffle(order)
-                times += [program_time(c, rate, args, wrapper) for c, rate in order]
+                times += [program_time(c, rate, args, wrapper) for c, rate in shuffled(paced)]
     if args.json:
         Path(args.json).write_text(json.dumps({"pairs": [asdict(p) for p in pairs],
                                                "program_times": [asdict(t) for t in times]},

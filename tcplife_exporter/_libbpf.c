@@ -16,7 +16,7 @@ __attribute__((used)) static __u32 (*const libbpf_version)(void) = libbpf_major_
 static struct PyModuleDef module = {
 	PyModuleDef_HEAD_INIT,
 	.m_name = "tcplife_exporter._libbpf",
-	.m_doc = "libbpf, linked in for the ctypes binding (tcplife_exporter.libbpf)",
+	.m_doc = "needs libbpf, which the ctypes binding (tcplife_exporter.libbpf) reaches through it",
 	.m_size = 0,
 };
 

@@ -166,7 +166,7 @@ def _load() -> ctypes.CDLL:
         raise TcplifeError(
             f"{LIBBPF_NAME} was not found: install libbpf 1.x "
             "(Debian/Ubuntu: apt install libbpf1; Fedora/RHEL: dnf install libbpf), "
-            "or install the package from its wheel, which has its own"
+            "or install the package from a wheel made by make wheel, which carries its own"
         ) from None
     log.debug("libbpf: %s", path)
     for name, restype, argtypes in _PROTOTYPES:

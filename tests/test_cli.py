@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from .helpers.exporting import EXPORTER
+from .helpers.mounts import HIDE_SYSTEM_LIBBPF, in_mount_namespace
 from .helpers.peers import Plan, run_session
 from .helpers.tracing import REPO, TCPLIFE, TcplifeProcess
 
@@ -210,12 +211,6 @@ def test_without_net_admin_the_message_names_it(readable_copy):
     assert done.stderr.strip().endswith("this process lacks CAP_NET_ADMIN"), done.stderr
 
 
-def in_mount_namespace(setup: str) -> list[str]:
-    """Run a command in a private mount namespace after `setup` (a shell command)."""
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-            f'{setup} && exec "$@"', "sh"]
-
-
 @pytest.mark.bpf  # root: a mount namespace
 @pytest.mark.parametrize(("command", "name"), TOOLS)
 def test_kernel_without_btf(command, name):
@@ -224,10 +219,6 @@ def test_kernel_without_btf(command, name):
     assert done.stderr.strip() == (
         f"{name}: this kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing): tracing "
         "needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (Linux 5.5 or newer)")
-
-
-HIDE_SYSTEM_LIBBPF = ("for lib in $(ldconfig -p | awk '/libbpf.so.1 /{print $NF}'); do "
-                      "mount --bind /dev/null $(readlink -f $lib); done")
 
 
 @pytest.mark.bpf  # root: a mount namespace

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from .helpers.exporting import ExporterProcess, total
+from .helpers.mounts import HIDE_SYSTEM_LIBBPF, in_mount_namespace
 from .helpers.peers import Plan, run_session
 from .helpers.tracing import REPO, TcplifeProcess
 from .helpers.traffic import free_port
@@ -24,15 +25,6 @@ pytestmark = pytest.mark.bpf
 
 BPF_OBJECT = "tcplife_exporter/bpf/tcplife.bpf.o"
 LIBBPF_EXTENSION = "tcplife_exporter/_libbpf.abi3.so"
-# Every libbpf.so.1 the dynamic linker knows of becomes /dev/null (loading it fails).
-HIDE_SYSTEM_LIBBPF = ("for lib in $(ldconfig -p | awk '/libbpf.so.1 /{print $NF}'); do "
-                      "mount --bind /dev/null $(readlink -f $lib); done")
-
-
-def without_system_libbpf() -> list[str]:
-    """A command prefix: a private mount namespace where libbpf.so.1 cannot be loaded."""
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-            f'{HIDE_SYSTEM_LIBBPF} && exec "$@"', "sh"]
 
 
 def test_wheel_ships_the_bpf_object_and_libbpf_and_runs_without_the_systems(tmp_path):
@@ -79,7 +71,7 @@ def test_wheel_ships_the_bpf_object_and_libbpf_and_runs_without_the_systems(tmp_
                           capture_output=True, text=True, check=True).stdout.strip()
     (venv / site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
 
-    with TcplifeProcess(["--json"], prefix=without_system_libbpf(),
+    with TcplifeProcess(["--json"], prefix=in_mount_namespace(HIDE_SYSTEM_LIBBPF),
                         command=[str(venv / "bin" / "tcplife")], cwd=str(tmp_path)) as proc:
         result = run_session(Plan(client_sends=11, server_sends=22))
         (record,) = proc.matching(result.client.lport, result.client.rport)
@@ -87,7 +79,7 @@ def test_wheel_ships_the_bpf_object_and_libbpf_and_runs_without_the_systems(tmp_
 
     port = str(free_port())
     with ExporterProcess(f"ports:\n  labelled: [{port}]\n", workdir=tmp_path,
-                         prefix=without_system_libbpf(), cwd=str(tmp_path),
+                         prefix=in_mount_namespace(HIDE_SYSTEM_LIBBPF), cwd=str(tmp_path),
                          command=[str(venv / "bin" / "tcplife-exporter")]) as exporter:
         run_session(Plan(client_sends=300, server_sends=4000, port=int(port)))
         samples = exporter.wait_until(lambda s: total(
