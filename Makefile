@@ -8,6 +8,8 @@
 #                 against the floor and bpftrace (bench/cost.py)
 #   make soak     the same setup, then 10 minutes of churn with a scrape a second
 #   make stress   the same setup, then 50 trials of concurrent churn: every session folded?
+#   make test-kernels  the same setup plus Debian's kernels and QEMU, then a kernel
+#                 subset of the tests on 6.1, 6.1-rt, 6.12 and the running kernel
 #   make wheel    the wheel in dist/ (BPF object and libbpf inside; manylinux tag)
 #   make image    the container image tcplife-exporter:0.1.0 (docker, else podman)
 #   make install  the systemd service: /opt/tcplife-exporter, /etc/tcplife-exporter,
@@ -33,8 +35,14 @@ BUILD_PACKAGES := clang llvm libbpf-dev python3-dev libbpf1 gcc make python3-ven
 IMAGE_PACKAGES := podman runc mmdebstrap
 TEST_PACKAGES := iproute2 bpftool openssl prometheus systemd python3-seccomp bpftrace \
 	$(IMAGE_PACKAGES)
+# The kernel matrix (tests/kernel_matrix.py): Debian 12's own kernel (6.1, also the
+# base of Amazon Linux 2023), its PREEMPT_RT flavour, and 6.12 (Debian 13's series,
+# in bookworm-security): metapackages, so the newest build of each. QEMU boots them
+# with virtme-ng (PyPI, in the test extras), which builds its initramfs with busybox.
+KERNEL_PACKAGES := linux-image-amd64 linux-image-rt-amd64 linux-image-6.12-amd64
+VM_PACKAGES := qemu-system-x86 busybox-static
 
-.PHONY: run tcplife test bench bench-cost soak stress bpf deps test-deps venv test-venv lint clean install uninstall wheel image image-deps
+.PHONY: run tcplife test test-kernels kernel-deps bench bench-cost soak stress bpf deps test-deps venv test-venv lint clean install uninstall wheel image image-deps
 
 run: venv
 	$(VENV)/bin/tcplife-exporter --config.file config.example.yaml
@@ -50,6 +58,17 @@ test: test-deps test-venv
 	setpriv --inh-caps=-all --ambient-caps=-all --bounding-set=-all --no-new-privs -- \
 		$(VENV)/bin/pytest -q -m "not bpf" -p no:cacheprovider tests
 	$(VENV)/bin/pytest -v tests
+
+# Boots each kernel in QEMU (no KVM here: emulated, about 2.5 minutes a kernel) and
+# runs a kernel subset of the tests in it; the running kernel runs them directly.
+test-kernels: test-deps test-venv kernel-deps
+	$(VENV)/bin/python tests/kernel_matrix.py running $(KERNEL_PACKAGES)
+
+# No initramfs for these kernels: virtme-ng makes its own (and update-initramfs would
+# take a minute a kernel).
+kernel-deps: export INITRD := No
+kernel-deps:
+	$(call apt_install,$(VM_PACKAGES) $(KERNEL_PACKAGES),)
 
 bench: test-deps test-venv
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)

@@ -44,14 +44,19 @@ def test_ten_megabytes_each_way(tcplife):
 
 
 @pytest.mark.parametrize(("closer", "abort"), CLOSES)
-def test_duration_within_a_millisecond(tcplife, closer, abort):
+def test_duration_lies_within_what_both_ends_saw(tcplife, closer, abort):
+    """Each end's lifespan starts at its birth (connect() for the client, the
+    handshake's end for the server: both before that call returned) and ends at
+    its CLOSE, which follows the first close() and, on loopback, comes before the
+    last close() returns (the peer's segments are processed in the closer's
+    softirq). Under emulation a handshake takes milliseconds: no fixed margin."""
     result = run_session(Plan(client_sends=100, server_sends=100, closer=closer, abort=abort,
                               hold_s=0.05))
-    measured = result.end_ns - result.start_ns
     client, server = reported(tcplife, result)
-    for record in (client, server):
-        assert 50 * MS <= record["duration_ns"] <= measured + 1 * MS, (record, measured)
-        assert record["duration_ns"] >= measured - 1 * MS, (record, measured)
+    longest = result.end_ns - result.start_ns
+    for record, end in ((client, result.client), (server, result.server)):
+        shortest = result.first_close_ns - end.born_by_ns
+        assert 50 * MS <= shortest <= record["duration_ns"] <= longest, (record, end, result)
 
 
 @pytest.mark.parametrize(("closer", "abort"), CLOSES)

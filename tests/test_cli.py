@@ -21,6 +21,7 @@ import pytest
 from .helpers.exporting import EXPORTER
 from .helpers.mounts import HIDE_SYSTEM_LIBBPF, in_mount_namespace
 from .helpers.peers import Plan, run_session
+from .helpers.programs import loaded_programs, programs_of, unloaded
 from .helpers.tracing import REPO, TCPLIFE, TcplifeProcess
 
 HEADER = "PID   COMM       LADDR           LPORT RADDR           RPORT TX_KB RX_KB MS"
@@ -97,9 +98,12 @@ def test_json_keys_and_types(tcplife):
 
 @pytest.mark.bpf
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signals_exit_cleanly(sig):
+def test_signals_exit_cleanly_and_unload(sig):
     with TcplifeProcess(["--json"]) as proc:
+        held = programs_of(proc.proc.pid)
+        assert held and held <= loaded_programs()
         assert proc.stop(sig) == 0
+    assert unloaded(held)
     assert "Traceback" not in proc.stderr
 
 

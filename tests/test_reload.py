@@ -2,51 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
-import re
 import signal
 import socket
-import subprocess
-import time
-from pathlib import Path
 
 import pytest
 
 from .helpers.exporting import ExporterProcess, select, value
+from .helpers.programs import loaded_programs, programs_of, unloaded
 from .helpers.traffic import Load, free_port, run_load
 
 pytestmark = pytest.mark.bpf
 
 COUNT = "tcplife_session_sent_bytes_count"
 RELOAD_OK = "tcplife_exporter_config_last_reload_successful"
-
-
-def loaded_programs() -> set[int]:
-    """Ids of every BPF program loaded in the kernel, by bpftool's account."""
-    shown = subprocess.run(["bpftool", "prog", "show", "--json"], check=True,
-                           capture_output=True, text=True).stdout
-    return {p["id"] for p in json.loads(shown)}
-
-
-def programs_of(pid: int) -> set[int]:
-    """Ids of the programs a process holds: its program and link fds name them."""
-    ids = set()
-    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
-        with contextlib.suppress(OSError):  # an fd closed meanwhile
-            ids.update(int(m) for m in re.findall(r"^prog_id:\s+(\d+)$",
-                                                  info.read_text(), re.M))
-    return ids
-
-
-def unloaded(ids: set[int], timeout: float = 5) -> bool:
-    """The kernel frees a program shortly after its last user goes (RCU): wait for it."""
-    deadline = time.monotonic() + timeout
-    while ids & loaded_programs():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def config_for(port: int, bound: int) -> str:

@@ -1,6 +1,6 @@
 """Both ends of one real TCP session, each in its own process.
 
-Each end runs in a fresh process (multiprocessing "spawn") with its own name
+Each end runs in a fresh process (multiprocessing "forkserver") with its own name
 (prctl PR_SET_NAME) and, optionally, its own network namespace, so tests can
 check which process a session is attributed to.
 """
@@ -56,8 +56,10 @@ class End:
     rport: int = 0
     sent: int = 0
     received: int = 0
-    start_ns: int = 0
-    end_ns: int = 0
+    start_ns: int = 0  # the client: just before connect()
+    born_by_ns: int = 0  # connect() or accept() has returned: the birth is behind
+    closing_ns: int = 0  # just before close()
+    end_ns: int = 0  # close() has returned
     error: str = ""
 
 
@@ -66,10 +68,12 @@ class Result:
     client: End
     server: End
     start_ns: int = field(init=False)
+    first_close_ns: int = field(init=False)
     end_ns: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.start_ns = self.client.start_ns
+        self.first_close_ns = min(self.client.closing_ns, self.server.closing_ns)
         self.end_ns = max(self.client.end_ns, self.server.end_ns)
 
 
@@ -136,6 +140,7 @@ def _finish(sock: socket.socket, me: str, plan: Plan, sync, end: End) -> None:
         end.received += _drain(sock)
     if plan.abort and plan.closer == me:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    end.closing_ns = time.monotonic_ns()
     sock.close()
     end.end_ns = time.monotonic_ns()
 
@@ -156,6 +161,7 @@ def _server(plan: Plan, port_queue, sync, results) -> None:
             listener.listen(8)
             port_queue.put(listener.getsockname()[1])
             sock, _ = listener.accept()
+        end.born_by_ns = time.monotonic_ns()
         _describe(sock, end)
         end.received = _receive(sock, plan.client_sends)
         end.sent = _send(sock, plan.server_sends)
@@ -176,6 +182,7 @@ def _client(plan: Plan, port_queue, sync, results) -> None:
         sock = socket.socket(family, socket.SOCK_STREAM)
         end.start_ns = time.monotonic_ns()
         sock.connect((plan.server_addr, port))
+        end.born_by_ns = time.monotonic_ns()
         _describe(sock, end)
         end.sent = _send(sock, plan.client_sends)
         end.received = _receive(sock, plan.server_sends)
@@ -186,13 +193,22 @@ def _client(plan: Plan, port_queue, sync, results) -> None:
     results.put(("client", end))
 
 
+def _processes() -> multiprocessing.context.BaseContext:
+    """Fresh processes forked from one forkserver that has imported this module:
+    the test process has threads, so no plain fork; and a spawn per end costs an
+    interpreter start, seconds under emulation (the kernel matrix)."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
+
+
 def run_session(plan: Plan, timeout: float = 60, between=None) -> Result:
     """Run one session to its end; both ends' views of it.
 
     With ``plan.pause``, ``between()`` runs while the session is established
     and idle, before either end closes.
     """
-    ctx = multiprocessing.get_context("spawn")
+    ctx = _processes()
     port_queue, results = ctx.Queue(), ctx.Queue()
     paused = ctx.Barrier(3)
     sync = (ctx.Barrier(2), paused)
