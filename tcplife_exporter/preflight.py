@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import platform
+import re
 
 from .errors import TcplifeError
 
 KERNEL_BTF = "/sys/kernel/btf/vmlinux"
+# sock_ops programs may call bpf_get_current_task_btf() from 5.15 (README, "Supported
+# systems"). Only named after a failed load: vendors backport BPF to older version numbers.
+MINIMUM_KERNEL = (5, 15)
 
 CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 12, 21, 38, 39
 
@@ -58,6 +63,18 @@ def check_kernel_btf(path: str = KERNEL_BTF) -> None:
             f"this kernel exposes no BTF ({path} is missing): "
             "tracing needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (Linux 5.5 or newer)"
         )
+
+
+def older_kernel_note(release: str | None = None) -> str:
+    """A clause to end a refused load with when this kernel is older than the
+    program needs, else ''."""
+    release = release or platform.release()
+    version = re.match(r"(\d+)\.(\d+)", release)
+    if not version or tuple(map(int, version.groups())) >= MINIMUM_KERNEL:
+        return ""
+    major, minor = MINIMUM_KERNEL
+    return (f"; this kernel ({release}) is older than Linux {major}.{minor}, the oldest "
+            "the program runs on")
 
 
 def check_privileges() -> None:

@@ -91,7 +91,10 @@ class SessionProgram:
         return True
 
     def load(self) -> None:
-        self.obj.load()
+        try:
+            self.obj.load()
+        except TcplifeError as refused:
+            raise TcplifeError(f"{refused}{preflight.older_kernel_note()}") from None
 
     def attach(self, cgroup_path: str | None) -> None:
         """From here on the kernel runs this program for the sockets of the

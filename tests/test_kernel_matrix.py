@@ -40,6 +40,20 @@ def test_the_table_passes_only_when_every_check_passed_on_every_kernel(capsys):
     assert not print_table({"6.12.118": missing})
     assert not print_table({"6.12.118": None})  # the guest never reported
     assert not print_table({"6.12.118": passing_report("6.1.0-57-amd64")})  # booted another
+    oopsed = passing_report("6.12.118")
+    oopsed["kernel_errors"] = ["[   22.682269] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI"]
+    assert not print_table({"6.12.118": oopsed})
+    assert "6.12.118: kernel: [   22.682269] Oops: int3" in capsys.readouterr().out
+
+
+def test_kernel_errors_are_found_in_a_console_log():
+    console = ("[    2.481410] clocksource: tsc: mask: 0xffffffffffffffff\n"
+               "[   22.682269] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI\n"
+               "tests/test_x.py::test_warning_free PASSED\n"
+               "[   30.1] WARNING: CPU: 1 PID: 9 at kernel/bpf/ringbuf.c:1 x\n")
+    assert kernel_matrix.kernel_errors(console) == [
+        "[   22.682269] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI",
+        "[   30.1] WARNING: CPU: 1 PID: 9 at kernel/bpf/ringbuf.c:1 x"]
 
 
 def test_an_unknown_kernel_is_one_clear_line():
