@@ -159,8 +159,8 @@ def main() -> int:
     parser.add_argument("--json", metavar="PATH", help="also write every trial here")
     parser.add_argument("--no-attach", action="store_true",
                         help="no trials with programs attaching beside (their attach and "
-                        "detach patch kernel text: Debian's 6.12 oopses doing that under "
-                        "QEMU's emulation, with or without the exporter)")
+                        "detach patch kernel text, which QEMU 7.2's multi-threaded "
+                        "emulation gets wrong: Debian's 6.12 oopses)")
     args = parser.parse_args()
     if args.trials < 1 or args.listeners < 1 or args.sessions < 2:
         parser.error("--trials and --listeners must be at least 1, --sessions at least 2")
