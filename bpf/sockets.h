@@ -9,7 +9,7 @@
  * close; bytes_acked and bytes_received count sequence numbers (see
  * payload_bytes()).
  * Checked by: test_accuracy.py (exact bytes for every close kind, IPv4,
- * IPv6 and IPv4-mapped), test_filters.py.
+ * IPv6 and IPv4-mapped), test_filters.py, test_cgroups.py.
  */
 #ifndef TCPLIFE_SOCKETS_H
 #define TCPLIFE_SOCKETS_H
@@ -22,6 +22,21 @@ const volatile bool filter_lports = false;
 const volatile bool filter_rports = false;
 const volatile __u8 lport_bitmap[PORT_BITMAP_BYTES] = {};
 const volatile __u8 rport_bitmap[PORT_BITMAP_BYTES] = {};
+
+/*
+ * The socket's cgroup v2, as its id (the cgroup directory's inode number). It
+ * is set once, when the socket is created, from its creator's cgroup (an
+ * accepted socket takes its listener's), and the socket holds the cgroup
+ * until it is freed: the same at the close as at the birth, even if the owner
+ * moved or the cgroup was removed since. Read through BTF pointers, which
+ * the kernel guards against faults.
+ */
+static __always_inline __u64 socket_cgroup_id(const struct sock *sk)
+{
+	const struct cgroup *cgroup = sk->sk_cgrp_data.cgroup;
+
+	return cgroup ? cgroup->kn->id : 0;
+}
 
 /* The family on the wire: a dual-stack socket with an IPv4 peer counts as 4. */
 static __always_inline __u8 wire_family(const struct sock *sk)

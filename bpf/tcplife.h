@@ -75,6 +75,7 @@ struct session_record {
 	__u64 duration_ns;		/* 0 unless RECORD_BIRTH_SEEN */
 	__u64 tx_bytes;			/* payload bytes sent and acknowledged */
 	__u64 rx_bytes;			/* payload bytes received */
+	__u64 cgroup_id;		/* the socket's cgroup v2 (its directory's inode) */
 	__u8 laddr[16];			/* IPv4 uses the first 4 bytes */
 	__u8 raddr[16];
 	__u32 pid;			/* owning process (tgid), 0 if unknown */

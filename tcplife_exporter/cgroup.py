@@ -67,6 +67,18 @@ def resolve(path: str) -> str:
     raise TcplifeError(f"{path} is not a cgroup v2 directory (nor is {path}/unified)")
 
 
+def cgroup_directory(path: str) -> str:
+    """The directory of a cgroup named by its path below the hierarchy's root (as
+    tcplife shows it: /system.slice/nginx.service) or by its directory."""
+    if is_cgroup2(path):
+        return path
+    below_root = os.path.join(hierarchy_root(), path.lstrip("/"))
+    if is_cgroup2(below_root):
+        return below_root
+    raise TcplifeError(f"no cgroup v2 {path}: neither a cgroup v2 directory nor a cgroup "
+                       f"below the hierarchy's root {hierarchy_root()}")
+
+
 def open_directory(path: str) -> int:
     """A descriptor of the cgroup v2 directory to attach to; the caller closes it."""
     try:

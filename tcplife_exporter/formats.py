@@ -21,6 +21,7 @@ class OutputStyle:
     json: bool = False
     clock_time: bool = False  # -T: HH:MM:SS
     timestamp: bool = False  # -t: seconds since the first session
+    cgroup: bool = False  # --cgroup: a last column with the socket's cgroup path
 
 
 class Clock:
@@ -73,7 +74,7 @@ class Formatter:
         if self.style.json:
             return None
         times = ["TIME"] * self.style.clock_time + ["TIME(s)"] * self.style.timestamp
-        return self._join(times, COLUMNS)
+        return self._join(times, (*COLUMNS, *["CGROUP"] * self.style.cgroup))
 
     def line(self, session: ClosedSession) -> str:
         if self.style.json:
@@ -90,6 +91,8 @@ class Formatter:
             str(_kib(session.rx_bytes)),
             _ms(session),
         )
+        if self.style.cgroup:
+            fields = (*fields, printable(session.cgroup))
         return self._join(self._times(session.close_ns), fields)
 
     def _times(self, close_ns: int) -> list[str]:
@@ -114,7 +117,12 @@ class Formatter:
         return prefix + self._columns(fields)
 
     def _columns(self, fields: tuple[str, ...]) -> str:
-        return (_WIDE_ROW if self.style.wide else _NARROW_ROW).format(*fields)
+        row = _WIDE_ROW if self.style.wide else _NARROW_ROW
+        if not self.style.cgroup:
+            return row.format(*fields)
+        # MS, otherwise last and unpadded as in bcc, gets a width before CGROUP.
+        ms = len(COLUMNS) - 1
+        return f"{row.format(*fields[:ms], f'{fields[ms]:<8}')} {fields[ms + 1]}"
 
     def _json(self, session: ClosedSession) -> str:
         record = session.as_json()

@@ -12,6 +12,7 @@ import socket
 from dataclasses import asdict, dataclass
 
 from .btf import Btf
+from .cgroup_paths import CgroupPaths
 from .errors import TcplifeError
 from .layout import StructLayout
 
@@ -38,6 +39,7 @@ class ClosedSession:
 
     pid: int  # 0 when the owner is unknown
     comm: str  # "" when the owner is unknown
+    cgroup: str  # the socket's cgroup v2 path, below the hierarchy's root
     family: int  # 4 or 6
     laddr: str
     lport: int
@@ -58,8 +60,9 @@ class ClosedSession:
 class RecordDecoder:
     """Turns raw ring-buffer records into ``ClosedSession`` objects."""
 
-    def __init__(self, btf: Btf) -> None:
+    def __init__(self, btf: Btf, cgroups: CgroupPaths) -> None:
         self._layout = StructLayout(btf, "session_record")
+        self._cgroups = cgroups
         flags = btf.enum("record_flag")
         self._birth_seen = flags["RECORD_BIRTH_SEEN"]
         self._established = flags["RECORD_ESTABLISHED"]
@@ -79,6 +82,7 @@ class RecordDecoder:
         return ClosedSession(
             pid=raw["pid"],
             comm=_comm_text(raw["comm"]),
+            cgroup=self._cgroups.path_of(raw["cgroup_id"]),
             family=family,
             laddr=address_text(family, raw["laddr"]),
             lport=raw["lport"],

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+from . import cgroup
 from .errors import TcplifeError
 from .formats import Formatter, OutputStyle
 from .options import SessionFilter
@@ -27,6 +28,8 @@ examples:
     tcplife -L 80,81    # only trace local ports 80 and 81
     tcplife -D 80       # only trace remote port 80
     tcplife -4          # only trace IPv4 sessions
+    tcplife --cgroup    # add each socket's cgroup (service, container)
+    tcplife --cgroup-filter /system.slice/nginx.service   # only that cgroup's sockets
 """
 
 
@@ -73,15 +76,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     family = parser.add_mutually_exclusive_group()
     family.add_argument("-4", "--ipv4", action="store_true", help="trace IPv4 sessions only")
     family.add_argument("-6", "--ipv6", action="store_true", help="trace IPv6 sessions only")
-    add("--cgroup", metavar="PATH",
-        help="only sockets of this cgroup v2 directory and those below it (default: the "
-             "root of the hierarchy, i.e. every socket)")
+    add("--cgroup", action="store_true",
+        help="add a CGROUP column: the socket's cgroup v2 path (--json always has it)")
+    add("--cgroup-filter", metavar="PATH",
+        help="only sockets of this cgroup and the cgroups below it: a path as the CGROUP "
+             "column shows it (/system.slice/nginx.service), or its directory")
     add("--verbose", action="store_true", help="log libbpf's messages on stderr")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--cgroup" in argv[:-1] and not argv[argv.index("--cgroup") + 1].startswith("-"):
+        parser.error("--cgroup takes no path: it adds the CGROUP column; to trace the "
+                     "sockets of one cgroup, use --cgroup-filter PATH")
     args = parser.parse_args(argv)
     if args.json and args.csv:
         parser.error("--json and -s/--csv are two output formats: choose one")
-    if args.json and (args.time or args.timestamp or args.wide):
-        parser.error("-T, -t and -w shape the columns; --json always has 'time' and full addresses")
+    if args.json and (args.time or args.timestamp or args.wide or args.cgroup):
+        parser.error("-T, -t, -w and --cgroup shape the columns; --json always has 'time', "
+                     "full addresses and 'cgroup'")
     return args
 
 
@@ -93,7 +103,7 @@ def options_from(args: argparse.Namespace) -> TracerOptions:
             local_ports=args.localport or frozenset(),
             remote_ports=args.remoteport or frozenset(),
         ),
-        cgroup_path=args.cgroup,
+        cgroup_path=cgroup.cgroup_directory(args.cgroup_filter) if args.cgroup_filter else None,
     )
 
 
@@ -110,7 +120,7 @@ class _Stop:
 def trace(args: argparse.Namespace) -> int:
     formatter = Formatter(
         OutputStyle(wide=args.wide, csv=args.csv, json=args.json,
-                    clock_time=args.time, timestamp=args.timestamp)
+                    clock_time=args.time, timestamp=args.timestamp, cgroup=args.cgroup)
     )
     batch: list[str] = []
 

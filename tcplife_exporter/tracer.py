@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import inplace
+from .cgroup_paths import CgroupPaths
 from .libbpf import RingBuffer
 from .options import SessionFilter
 from .program import SessionProgram
@@ -40,7 +41,7 @@ class SessionTracer:
                                                            options.wakeup_bytes)
             self.program.configure({**options.filter.rodata(), **records_rodata}, records_size)
             self.program.load()
-            decoder = RecordDecoder(self.program.btf)
+            decoder = RecordDecoder(self.program.btf, CgroupPaths())
             fd = self.program.obj.map_fd("records")
             deliver = lambda data: on_session(decoder.decode(data))  # noqa: E731
             self._ring = (MappedRingBuffer(fd, options.ringbuf_bytes, deliver)

@@ -89,7 +89,7 @@ def test_json_keys_and_types(tcplife):
     (record,) = tcplife.matching(result.client.lport, result.client.rport)
     expected = {"pid": int, "comm": str, "family": int, "laddr": str, "lport": int,
                 "raddr": str, "rport": int, "direction": str, "birth_seen": bool,
-                "duration_ns": int, "tx_bytes": int, "rx_bytes": int}
+                "duration_ns": int, "tx_bytes": int, "rx_bytes": int, "cgroup": str}
     for key, kind in expected.items():
         assert isinstance(record[key], kind), (key, record)
     line = next(line for line in tcplife.lines if json.loads(line) == record)
@@ -137,6 +137,9 @@ BAD_OPTIONS = [
     (["-4", "-6"], "not allowed with argument"),
     (["--json", "-s"], "choose one"),
     (["--json", "-T"], "shape the columns"),
+    (["--json", "--cgroup"], "always has 'time', full addresses and 'cgroup'"),
+    (["--cgroup", "/system.slice"], "--cgroup takes no path: it adds the CGROUP column; to "
+                                    "trace the sockets of one cgroup, use --cgroup-filter PATH"),
     (["-L", "\u0661\u0662"], "invalid port"),  # Arabic-Indic digits are not a port
     (["-L", "\u00b2"], "invalid port"),
 ]

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from tcplife_exporter.cgroup_paths import CgroupPaths
 from tcplife_exporter.errors import TcplifeError
 from tcplife_exporter.formats import Formatter, OutputStyle
 from tcplife_exporter.layout import StructLayout
@@ -16,7 +18,22 @@ from tcplife_exporter.records import RecordDecoder
 # Mostly the two that decode, so that the formatters see many records.
 FAMILIES = st.sampled_from([4, 6]) | st.integers(0, 255)
 STYLES = [OutputStyle(), OutputStyle(wide=True), OutputStyle(csv=True, timestamp=True),
-          OutputStyle(clock_time=True), OutputStyle(json=True)]
+          OutputStyle(clock_time=True), OutputStyle(json=True), OutputStyle(cgroup=True),
+          OutputStyle(wide=True, csv=True, cgroup=True)]
+
+
+@pytest.fixture(scope="module")
+def hierarchy(tmp_path_factory):
+    """A stand-in hierarchy whose directory names hold what a line must not."""
+    root = tmp_path_factory.mktemp("cgroup2")
+    hostile = root / "a\nb\x1b[31m\\ \"x\""
+    hostile.mkdir()
+    return root, [root.stat().st_ino, hostile.stat().st_ino]
+
+
+@pytest.fixture(scope="module")
+def cgroups(hierarchy) -> CgroupPaths:
+    return CgroupPaths(str(hierarchy[0]))
 
 
 def renders_or_refuses(decoder: RecordDecoder, data: bytes) -> None:
@@ -31,9 +48,9 @@ def renders_or_refuses(decoder: RecordDecoder, data: bytes) -> None:
     json.loads(Formatter(OutputStyle(json=True)).line(session))
 
 
-def test_arbitrary_bytes(btf):
+def test_arbitrary_bytes(btf, cgroups):
     """Any length; and records of the right size, mostly with a family that decodes."""
-    decoder = RecordDecoder(btf)
+    decoder = RecordDecoder(btf, cgroups)
     _size, fields = btf.struct("session_record")
     family_at = next(f.offset for f in fields if f.name == "family")
 
@@ -51,10 +68,11 @@ def test_arbitrary_bytes(btf):
     check()
 
 
-def test_records_with_any_field_values(btf):
+def test_records_with_any_field_values(btf, cgroups, hierarchy):
     """Every field at any value its type holds: comm with newlines or invalid UTF-8,
-    unknown families, directions and flags, counters at their limits."""
-    decoder = RecordDecoder(btf)
+    unknown families, directions and flags, counters at their limits, cgroup ids
+    of no cgroup or of one whose name holds a newline."""
+    decoder = RecordDecoder(btf, cgroups)
     layout = StructLayout(btf, "session_record")
     _size, fields = btf.struct("session_record")
     byte_arrays = {f.name: f.array_len for f in fields if f.array_len}  # laddr, raddr, comm
@@ -65,6 +83,8 @@ def test_records_with_any_field_values(btf):
             return st.binary(min_size=byte_arrays[name], max_size=byte_arrays[name])
         if name == "family":
             return FAMILIES
+        if name == "cgroup_id":
+            return st.sampled_from(hierarchy[1]) | st.integers(0, 2 ** 64 - 1)
         return st.integers(0, 2 ** (8 * sizes[name]) - 1)
 
     records = st.fixed_dictionaries({name: value_of(name) for name in layout.field_names})

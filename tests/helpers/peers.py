@@ -41,6 +41,12 @@ class Plan:
     server_comm: str = "tl-server"
     client_netns: str | None = None
     server_netns: str | None = None
+    # Cgroup v2 directories each end joins at its start, and (client) after
+    # socket() before connect() or (server) after listen() before accept().
+    client_cgroup: str | None = None
+    server_cgroup: str | None = None
+    client_moves_to: str | None = None
+    server_moves_to: str | None = None
     pause: bool = False  # after the exchange, wait for run_session's `between`
 
 
@@ -77,7 +83,14 @@ class Result:
         self.end_ns = max(self.client.end_ns, self.server.end_ns)
 
 
-def _enter(comm: str, netns: str | None) -> None:
+def _join_cgroup(directory: str | None) -> None:
+    if directory:
+        with open(os.path.join(directory, "cgroup.procs"), "w") as procs:
+            procs.write(str(os.getpid()))
+
+
+def _enter(comm: str, netns: str | None, cgroup: str | None) -> None:
+    _join_cgroup(cgroup)
     if netns:
         with open(f"/run/netns/{netns}") as ns:
             if _libc.setns(ns.fileno(), CLONE_NEWNET) != 0:
@@ -153,12 +166,13 @@ def _describe(sock: socket.socket, end: End) -> None:
 def _server(plan: Plan, port_queue, sync, results) -> None:
     end = End(pid=os.getpid(), comm=plan.server_comm)
     try:
-        _enter(plan.server_comm, plan.server_netns)
+        _enter(plan.server_comm, plan.server_netns, plan.server_cgroup)
         family = socket.AF_INET if plan.family == 4 else socket.AF_INET6
         with socket.socket(family, socket.SOCK_STREAM) as listener:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             listener.bind((plan.server_addr, plan.port))
             listener.listen(8)
+            _join_cgroup(plan.server_moves_to)
             port_queue.put(listener.getsockname()[1])
             sock, _ = listener.accept()
         end.born_by_ns = time.monotonic_ns()
@@ -176,10 +190,11 @@ def _server(plan: Plan, port_queue, sync, results) -> None:
 def _client(plan: Plan, port_queue, sync, results) -> None:
     end = End(pid=os.getpid(), comm=plan.client_comm)
     try:
-        _enter(plan.client_comm, plan.client_netns)
+        _enter(plan.client_comm, plan.client_netns, plan.client_cgroup)
         port = port_queue.get(timeout=10)
         family = socket.AF_INET if plan.family == 4 else socket.AF_INET6
         sock = socket.socket(family, socket.SOCK_STREAM)
+        _join_cgroup(plan.client_moves_to)
         end.start_ns = time.monotonic_ns()
         sock.connect((plan.server_addr, port))
         end.born_by_ns = time.monotonic_ns()

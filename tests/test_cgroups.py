@@ -1,0 +1,140 @@
+"""Each session's cgroup v2, read from the socket: exact on both ends, whoever
+closes, whatever the owner did since; and tcplife's filter by cgroup."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tcplife_exporter.cgroup import hierarchy_root
+from tcplife_exporter.cgroup_paths import removed
+
+from .helpers.peers import Plan, reported, run_session
+from .helpers.tracing import TcplifeProcess
+
+pytestmark = pytest.mark.bpf
+
+
+@pytest.fixture
+def cgroups():
+    """make(name) creates a cgroup for this test below the hierarchy's root and
+    gives its directory; all are removed at the end (their processes have exited)."""
+    top = Path(hierarchy_root()) / f"tcplife-test-{uuid.uuid4().hex[:8]}"
+    top.mkdir()
+
+    def make(name: str) -> Path:
+        directory = top / name
+        directory.mkdir(parents=True)
+        return directory
+
+    yield make
+    for directory in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if directory.is_dir():
+            directory.rmdir()
+    top.rmdir()
+
+
+def shown(directory: Path) -> str:
+    """A cgroup as tcplife shows it: its path below the hierarchy's root."""
+    return "/" + str(directory.relative_to(hierarchy_root()))
+
+
+def test_each_end_carries_its_own_cgroup(tcplife, cgroups):
+    client_group, server_group = cgroups("clients"), cgroups("servers/web")
+    result = run_session(Plan(client_sends=10, server_sends=20,
+                              client_cgroup=str(client_group), server_cgroup=str(server_group)))
+    client, server = reported(tcplife, result)
+    assert client["cgroup"] == shown(client_group), client
+    assert server["cgroup"] == shown(server_group), server
+
+
+def test_a_server_reset_by_its_peer_has_no_owner_but_its_cgroup(tcplife, cgroups):
+    client_group, server_group = cgroups("clients"), cgroups("servers")
+    result = run_session(Plan(client_sends=10, closer="client", abort=True,
+                              client_cgroup=str(client_group), server_cgroup=str(server_group)))
+    client, server = reported(tcplife, result)
+    assert client["cgroup"] == shown(client_group)
+    # The reset is processed in the client's context: the server's owner may be
+    # unknown, its socket's cgroup never is.
+    assert server["cgroup"] == shown(server_group), server
+
+
+def test_the_cgroup_is_the_one_the_socket_was_created_in(tcplife, cgroups):
+    """A client socket stays in the cgroup of socket(), an accepted one in its
+    listener's, wherever their processes move before connect() and accept()."""
+    first, second = cgroups("first"), cgroups("second")
+    result = run_session(Plan(client_sends=3, server_sends=4,
+                              client_cgroup=str(first), client_moves_to=str(second),
+                              server_cgroup=str(second), server_moves_to=str(first)))
+    client, server = reported(tcplife, result)
+    assert client["cgroup"] == shown(first), client
+    assert server["cgroup"] == shown(second), server
+
+
+def test_a_cgroup_removed_before_the_close_shows_its_id(cgroups):
+    parked = cgroups("parked")
+    with TcplifeProcess(["--json"]) as proc:
+        doomed = cgroups("doomed")
+        doomed_id = os.stat(doomed).st_ino
+        # The client's socket is created in the doomed cgroup, then the client
+        # leaves it; the cgroup is removed while the session is open.
+        result = run_session(Plan(client_sends=5, server_sends=6, pause=True,
+                                  client_cgroup=str(doomed), client_moves_to=str(parked)),
+                             between=doomed.rmdir)
+        client, server = reported(proc, result)
+    assert not doomed.exists()
+    assert client["cgroup"] == removed(doomed_id) == f"(removed:{doomed_id})", client
+    assert server["cgroup"] == own_cgroup(), server  # the peers' forkserver is ours
+
+
+def own_cgroup() -> str:
+    with open("/proc/self/cgroup") as groups:
+        return next(line for line in groups if line.startswith("0::")).strip()[3:]
+
+
+def test_the_cgroup_column(cgroups):
+    group = cgroups("column")
+    with TcplifeProcess(["--cgroup"]) as proc:
+        result = run_session(Plan(client_sends=1, client_cgroup=str(group)))
+        client = [str(result.client.pid), "tl-client", "127.0.0.1", str(result.client.lport)]
+
+        def client_line() -> list[str]:
+            return [line.split() for line in proc.lines[1:] if line.split()[:4] == client]
+
+        proc.wait_for(lambda _: bool(client_line()))
+        assert proc.lines[0].split()[-2:] == ["MS", "CGROUP"]
+        (fields,) = client_line()
+    assert fields[-1] == shown(group), fields
+
+
+def test_the_cgroup_filter_keeps_a_cgroup_and_those_below_it(cgroups):
+    kept, below, other = cgroups("kept"), cgroups("kept/below"), cgroups("other")
+    with TcplifeProcess(["--json", "--cgroup-filter", shown(kept)]) as proc:
+        inside = run_session(Plan(client_sends=1, client_cgroup=str(below),
+                                  server_cgroup=str(other)))
+        outside = run_session(Plan(client_sends=2, client_cgroup=str(other),
+                                   server_cgroup=str(other)))
+        (client,) = proc.matching(inside.client.lport, inside.client.rport)
+        assert client["cgroup"] == shown(below)
+        # Both ends of `outside` and the server end of `inside` closed before the
+        # client end above was read: had they been traced, they would be here.
+        assert not proc.matching(inside.server.lport, inside.server.rport, timeout=0)
+        assert not proc.matching(outside.client.lport, outside.client.rport, timeout=0)
+        assert not proc.matching(outside.server.lport, outside.server.rport, timeout=0)
+    # The filter also takes the cgroup's directory.
+    with TcplifeProcess(["--json", "--cgroup-filter", str(kept)]) as proc:
+        inside = run_session(Plan(client_sends=1, client_cgroup=str(kept)))
+        (client,) = proc.matching(inside.client.lport, inside.client.rport)
+        assert client["cgroup"] == shown(kept)
+
+
+def test_an_unknown_cgroup_filter_is_one_line():
+    with pytest.raises(AssertionError) as failed:
+        TcplifeProcess(["--cgroup-filter", "/no/such/cgroup"]).__enter__()
+    message = str(failed.value)
+    assert "no cgroup v2 /no/such/cgroup: neither a cgroup v2 directory nor a cgroup below " \
+           f"the hierarchy's root {hierarchy_root()}" in message, message
+    assert "Traceback" not in message
