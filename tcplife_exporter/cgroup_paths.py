@@ -5,7 +5,7 @@ system, so a walk of the mounted hierarchy maps every live cgroup. The map is
 cached and walked again only when an id it does not hold appears: a cgroup
 created since. An id still missing after that walk belongs to a cgroup
 removed since its socket was created (the socket keeps the cgroup alive) or
-outside this mount (a cgroup namespace): it is shown as ``(removed:ID)``,
+outside this mount (a cgroup namespace): it is shown as ``(unknown:ID)``,
 and remembered, so that it costs one walk.
 """
 
@@ -16,9 +16,9 @@ import os
 from . import cgroup
 
 
-def removed(cgroup_id: int) -> str:
+def unresolved(cgroup_id: int) -> str:
     """How a cgroup that no path leads to is shown."""
-    return f"(removed:{cgroup_id})"
+    return f"(unknown:{cgroup_id})"
 
 
 class CgroupPaths:
@@ -39,7 +39,7 @@ class CgroupPaths:
             if path is not None:
                 return path
             self._missing.add(cgroup_id)
-        return removed(cgroup_id)
+        return unresolved(cgroup_id)
 
     def _walk(self) -> None:
         # A directory removed during the walk is skipped (os.walk ignores the error).

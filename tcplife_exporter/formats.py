@@ -120,9 +120,10 @@ class Formatter:
         row = _WIDE_ROW if self.style.wide else _NARROW_ROW
         if not self.style.cgroup:
             return row.format(*fields)
-        # MS, otherwise last and unpadded as in bcc, gets a width before CGROUP.
+        # MS, otherwise last and unpadded as in bcc, gets a width before CGROUP: that
+        # of a session of up to about 28 hours (longer ones push CGROUP right).
         ms = len(COLUMNS) - 1
-        return f"{row.format(*fields[:ms], f'{fields[ms]:<8}')} {fields[ms + 1]}"
+        return f"{row.format(*fields[:ms], f'{fields[ms]:<11}')} {fields[ms + 1]}"
 
     def _json(self, session: ClosedSession) -> str:
         record = session.as_json()

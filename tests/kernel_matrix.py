@@ -85,9 +85,9 @@ def run_tests(workdir: Path) -> dict[str, list[str]]:
     outcomes: dict[str, list[str]] = {}
     for case in ET.parse(junit).iter("testcase"):
         function = case.get("name", "").split("[")[0]
-        passed = not any(child.tag in ("failure", "error", "skipped") for child in case)
+        verdicts = [child.tag for child in case if child.tag in ("failure", "error", "skipped")]
         outcomes.setdefault(check_of[function], []).append(
-            ("passed " if passed else "FAILED ") + case.get("name", ""))
+            (f"FAILED ({verdicts[0]}) " if verdicts else "passed ") + case.get("name", ""))
     return outcomes
 
 
@@ -245,9 +245,11 @@ def main() -> int:
     if not args.kernels:
         parser.error("name at least one kernel")
     kernels = [kernel_of(argument) for argument in args.kernels]
-    if any(k.image for k in kernels) and not shutil.which("qemu-system-x86_64"):
-        raise SystemExit("kernel_matrix: qemu-system-x86_64 is missing "
-                         "(make test-kernels installs it)")
+    tools = Path(sys.executable).parent
+    if any(k.image for k in kernels) and not (shutil.which("qemu-system-x86_64")
+                                              and (tools / "vng").exists()):
+        raise SystemExit("kernel_matrix: QEMU or virtme-ng is missing "
+                         "(make test-kernels installs both)")
     build_bench_tools()  # the guests' root file system is read-only
     reports: dict[str, dict | None] = {}
     with tempfile.TemporaryDirectory(prefix="kernel-matrix-") as results:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tcplife_exporter.cgroup import hierarchy_root
-from tcplife_exporter.cgroup_paths import removed
+from tcplife_exporter.cgroup_paths import unresolved
 
 from .helpers.peers import Plan, reported, run_session
 from .helpers.tracing import TcplifeProcess
@@ -86,7 +86,7 @@ def test_a_cgroup_removed_before_the_close_shows_its_id(cgroups):
                              between=doomed.rmdir)
         client, server = reported(proc, result)
     assert not doomed.exists()
-    assert client["cgroup"] == removed(doomed_id) == f"(removed:{doomed_id})", client
+    assert client["cgroup"] == unresolved(doomed_id) == f"(unknown:{doomed_id})", client
     assert server["cgroup"] == own_cgroup(), server  # the peers' forkserver is ours
 
 
