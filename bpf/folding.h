@@ -17,6 +17,7 @@
 
 const volatile bool fold_metrics = false;
 const volatile bool label_comm = false;
+const volatile bool label_cgroup = false;
 const volatile __u32 duration_nbounds = 0;
 const volatile __u64 duration_bounds_ns[MAX_BOUNDS] = {};
 const volatile __u32 bytes_nbounds = 0;
@@ -75,6 +76,7 @@ static __always_inline struct series *series_of(struct series_key *key)
 	if (err == -E2BIG) {
 		/* User space pre-creates one per direction and family. */
 		__builtin_memset(key->comm, 0, sizeof(key->comm));
+		key->cgroup_id = 0;
 		key->network = 0;
 		key->port = 0;
 		key->overflow = 1;
@@ -104,6 +106,8 @@ static __always_inline void fold(const struct session_labels *labels,
 	key.network = labels->network;
 	if (label_comm)
 		__builtin_memcpy(key.comm, r->comm, sizeof(key.comm));
+	if (label_cgroup)
+		key.cgroup_id = r->cgroup_id;
 	if (labels->flags & LABEL_PORT_LIMITED)
 		count(COUNTER_PORT_LABELS_FULL);
 

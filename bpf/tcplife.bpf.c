@@ -156,8 +156,9 @@ static __always_inline void describe(const struct sock *sk, const struct tcp_soc
 	if (emit_records) {
 		copy_local_address(sk, r->family, r->laddr);
 		copy_remote_address(sk, r->family, r->raddr);
-		r->cgroup_id = socket_cgroup_id(sk);
 	}
+	if (emit_records || label_cgroup)
+		r->cgroup_id = socket_cgroup_id(sk);
 	payload_bytes(sk, tp, oldstate, r);
 }
 

@@ -98,6 +98,7 @@ struct session_record {
 
 /* One label set. Zeroed fields are labels the config leaves off. */
 struct series_key {
+	__u64 cgroup_id;		/* the socket's cgroup v2, if the cgroup label is on */
 	char comm[TASK_COMM_LEN];	/* owner's name, if the comm label is on */
 	__u16 network;			/* 1 + index of the remote network; 0: other */
 	__u16 port;			/* service port; 0: "other" */

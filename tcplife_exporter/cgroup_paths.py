@@ -30,16 +30,18 @@ class CgroupPaths:
 
     def path_of(self, cgroup_id: int) -> str:
         """The cgroup's path below the hierarchy's root ("/" for the root itself)."""
+        path = self.path_or_none(cgroup_id)
+        return unresolved(cgroup_id) if path is None else path
+
+    def path_or_none(self, cgroup_id: int) -> str | None:
+        """The cgroup's path, or None where no path leads to it."""
         path = self._paths.get(cgroup_id)
-        if path is not None:
-            return path
-        if cgroup_id not in self._missing:
+        if path is None and cgroup_id not in self._missing:
             self._walk()
             path = self._paths.get(cgroup_id)
-            if path is not None:
-                return path
-            self._missing.add(cgroup_id)
-        return unresolved(cgroup_id)
+            if path is None:
+                self._missing.add(cgroup_id)
+        return path
 
     def _walk(self) -> None:
         # A directory removed during the walk is skipped (os.walk ignores the error).

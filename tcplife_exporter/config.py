@@ -8,10 +8,12 @@ are errors, with the closest known key suggested.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from .cgroup_labels import CgroupRewrite, template_problem
 from .errors import TcplifeError
 from .options import MAX_BOUNDS, SessionFilter
 from .yamlfile import Node, YamlReader, read_text
@@ -34,6 +36,7 @@ DEFAULT_BYTES_BOUNDS = (
 # Label values the exporter itself uses; a network may not take them.
 RESERVED_NETWORK_NAMES = ("other", "overflow")
 MAX_NETWORK_CIDRS = 4096
+MAX_CGROUP_REWRITES = 64
 
 
 class ConfigError(TcplifeError):
@@ -48,6 +51,9 @@ class ExporterConfig:
     auto_ports: bool = True
     auto_port_limit: int = 64
     comm_label: bool = False
+    cgroup_label: bool = False
+    cgroup_depth: int = 0  # path components kept where no rewrite matches; 0: all
+    cgroup_rewrites: tuple[CgroupRewrite, ...] = ()
     # (name, CIDRs) in file order: the name is the remote_network label value.
     remote_networks: tuple[tuple[str, tuple[IPNetwork, ...]], ...] = ()
     filter: SessionFilter = field(default_factory=SessionFilter)
@@ -130,8 +136,35 @@ def _ports(reader: YamlReader, node: Node) -> dict[str, Any]:
 
 
 def _labels(reader: YamlReader, node: Node) -> dict[str, Any]:
-    entries = reader.mapping(node, ["comm"])
-    return {"comm_label": reader.boolean(entries["comm"])} if "comm" in entries else {}
+    entries = reader.mapping(node, ["comm", "cgroup", "cgroup_depth", "cgroup_rewrite"])
+    settings: dict[str, Any] = {}
+    if "comm" in entries:
+        settings["comm_label"] = reader.boolean(entries["comm"])
+    if "cgroup" in entries:
+        settings["cgroup_label"] = reader.boolean(entries["cgroup"])
+    if "cgroup_depth" in entries:
+        settings["cgroup_depth"] = reader.integer(entries["cgroup_depth"], 0, 64)
+    if "cgroup_rewrite" in entries:
+        settings["cgroup_rewrites"] = tuple(
+            _cgroup_rewrite(reader, item)
+            for item in reader.sequence(entries["cgroup_rewrite"], MAX_CGROUP_REWRITES))
+    return settings
+
+
+def _cgroup_rewrite(reader: YamlReader, node: Node) -> CgroupRewrite:
+    entries = reader.mapping(node, ["match", "replace"])
+    for key in ("match", "replace"):
+        if key not in entries:
+            raise reader.error(node, f"needs '{key}'")
+    try:
+        pattern = re.compile(reader.string(entries["match"]))
+    except re.error as err:
+        raise reader.error(entries["match"], f"is not a regular expression: {err}") from None
+    replace = reader.string(entries["replace"])
+    problem = template_problem(pattern, replace)
+    if problem:
+        raise reader.error(entries["replace"], problem)
+    return CgroupRewrite(pattern, replace)
 
 
 def _remote_networks(reader: YamlReader, node: Node) -> dict[str, Any]:

@@ -21,6 +21,8 @@ from importlib import metadata
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from . import cgroup
+from .cgroup_paths import CgroupPaths
 from .config import ExporterConfig, load_config
 from .errors import TcplifeError
 from .folding import (
@@ -94,7 +96,11 @@ class _Loaded:
                 program.share_maps(replacing.program, (AUTO_PORTS_MAP,))  # labels mean the same
             program.load()
             fill_maps(program.obj, program.btf, config)
-            self.folded = FoldedReader(program.obj, program.btf)
+            # Paths below the hierarchy the program attaches to: in a container, the
+            # host's mounted in (--cgroup.path), not the container's own namespace.
+            cgroups = (CgroupPaths(cgroup.resolve(cgroup_path) if cgroup_path else None)
+                       if config.cgroup_label else None)
+            self.folded = FoldedReader(program.obj, program.btf, cgroups)
             self.open_sessions = OpenSessions(program.obj, program.btf, config.max_open_sessions)
             if replacing is None:
                 program.attach(cgroup_path)
@@ -116,7 +122,10 @@ def same_series(new: ExporterConfig, old: ExporterConfig) -> bool:
     return (new.duration_bounds == old.duration_bounds
             and new.bytes_bounds == old.bytes_bounds
             and new.remote_networks == old.remote_networks
-            and new.comm_label == old.comm_label)
+            and new.comm_label == old.comm_label
+            and new.cgroup_label == old.cgroup_label
+            and new.cgroup_depth == old.cgroup_depth
+            and new.cgroup_rewrites == old.cgroup_rewrites)
 
 
 @dataclass(frozen=True)

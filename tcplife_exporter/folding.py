@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .btf import Btf
+from .cgroup_paths import CgroupPaths
 from .config import ExporterConfig, IPNetwork
 from .errors import TcplifeError
 from .layout import StructLayout
@@ -96,6 +97,7 @@ def fold_rodata(config: ExporterConfig, rules: LabelRules, rules_id: int) -> dic
         "ephemeral_high": high,
         "fold_metrics": 1,
         "label_comm": int(config.comm_label),
+        "label_cgroup": int(config.cgroup_label),
         "duration_nbounds": len(durations),
         "duration_bounds_ns": bounds_array(durations, MAX_BOUNDS),
         "bytes_nbounds": len(config.bytes_bounds),
@@ -151,6 +153,7 @@ class Series:
     port: int  # 0: other
     network: int  # 0: other, else 1 + index into LabelRules.networks
     comm: bytes  # b"" when the label is off or the owner is unknown
+    cgroup: str | None  # the socket's cgroup path; None when the label is off or no path
     overflow: bool
     failed_handshakes: int
     duration_sum_ns: int
@@ -165,9 +168,11 @@ class Series:
 class FoldedReader:
     """Reads the kernel's folded series at scrape time."""
 
-    def __init__(self, obj: BpfObject, btf: Btf) -> None:
+    def __init__(self, obj: BpfObject, btf: Btf, cgroups: CgroupPaths | None) -> None:
+        """``cgroups``: where the cgroup label is on, what turns its ids into paths."""
         self.loaded_ns = time.monotonic_ns()  # the program folds from about now
         self._obj = obj
+        self._cgroups = cgroups
         self._key = StructLayout(btf, "series_key")
         self._value = StructLayout(btf, "series")
         self._cpus = num_possible_cpus()
@@ -192,6 +197,8 @@ class FoldedReader:
                 port=key["port"],
                 network=key["network"],
                 comm=key["comm"].split(b"\0", 1)[0],
+                cgroup=(self._cgroups.path_or_none(key["cgroup_id"])
+                        if self._cgroups and not key["overflow"] else None),
                 overflow=bool(key["overflow"]),
                 **totals,
             ))

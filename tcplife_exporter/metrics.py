@@ -1,9 +1,10 @@
 """Prometheus metric families built from the kernel's folded series.
 
-Label values are rendered here: ports, families, remote-network names and
-process names. Process names are chosen by any local user, so they are
-decoded without failing (invalid UTF-8 becomes backslash escapes) and label
-sets that render the same are merged, never emitted twice.
+Label values are rendered here: ports, families, remote-network names,
+process names and cgroups (by the config's rules). Process names are chosen
+by any local user, so they are decoded without failing (invalid UTF-8 becomes
+backslash escapes); label sets that render the same (process names, cgroups
+rewritten alike) are merged, never emitted twice.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from prometheus_client.core import (
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
+from .cgroup_labels import cgroup_label
 from .config import ExporterConfig
 from .folding import DIRECTIONS, FAMILIES, LabelRules, Series, duration_bounds_ns
 from .session_table import OpenLabels
 
+_CLOSE_ONLY = ("comm", "cgroup")  # labels of closed sessions only
 OTHER = "other"
 OVERFLOW = "overflow"
 UNKNOWN_COMM = "unknown"
@@ -87,15 +90,22 @@ class SessionLabels:
         self.names = ["direction", "port", "family"]
         if config.comm_label:
             self.names.append("comm")
+        if config.cgroup_label:
+            self.names.append("cgroup")
         if rules.networks:
             self.names.append("remote_network")
-        self.open_names = [n for n in self.names if n != "comm"]  # unknown at an inbound birth
+        # Not kept for open sessions: comm is unknown at an inbound birth, and a
+        # table slot has no room for the cgroup.
+        self.open_names = [n for n in self.names if n not in _CLOSE_ONLY]
 
     def of_series(self, series: Series) -> tuple[str, ...]:
         values = [series.direction, _port(series.port, series.overflow),
                   _FAMILY_NAMES.get(series.family, str(series.family))]
         if self._config.comm_label:
             values.append(OVERFLOW if series.overflow else _comm(series.comm))
+        if self._config.cgroup_label:
+            values.append(OVERFLOW if series.overflow else cgroup_label(
+                series.cgroup, self._config.cgroup_rewrites, self._config.cgroup_depth))
         if self._rules.networks:
             values.append(OVERFLOW if series.overflow
                           else _network_name(self._rules.network_names(), series.network))
@@ -103,9 +113,9 @@ class SessionLabels:
 
     def known_in_advance(self) -> list[tuple[str, ...]]:
         """Label sets of the listed ports, exposed at zero before any session closes:
-        then rate() and increase() see the first sessions too. Not with the comm
-        label (a process name is not known in advance)."""
-        if self._config.comm_label:
+        then rate() and increase() see the first sessions too. Not with the comm or
+        cgroup label (neither a process name nor a cgroup is known in advance)."""
+        if self._config.comm_label or self._config.cgroup_label:
             return []
         networks = [*self._rules.network_names(), OTHER]
         families = (self._config.filter.family,) if self._config.filter.family else FAMILIES
@@ -130,7 +140,7 @@ class SessionLabels:
         return tuple(values)
 
     def open_labels_of(self, series_labels: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(v for n, v in zip(self.names, series_labels) if n != "comm")
+        return tuple(v for n, v in zip(self.names, series_labels) if n not in _CLOSE_ONLY)
 
 
 def _network_name(names: tuple[str, ...], index: int) -> str:

@@ -49,12 +49,13 @@ CHECKS = (
         "tests/test_accuracy.py::test_duration_lies_within_what_both_ends_saw",)),
     Check("owners, every close kind", (
         "tests/test_accuracy.py::test_owner_of_each_end",)),
-    Check("cgroups: both ends, moved, removed, filter", (
+    Check("cgroups: both ends, moved, removed, filter, label", (
         "tests/test_cgroups.py::test_each_end_carries_its_own_cgroup",
         "tests/test_cgroups.py::test_a_server_reset_by_its_peer_has_no_owner_but_its_cgroup",
         "tests/test_cgroups.py::test_the_cgroup_is_the_one_the_socket_was_created_in",
         "tests/test_cgroups.py::test_a_cgroup_removed_before_the_close_shows_its_id",
-        "tests/test_cgroups.py::test_the_cgroup_filter_keeps_a_cgroup_and_those_below_it")),
+        "tests/test_cgroups.py::test_the_cgroup_filter_keeps_a_cgroup_and_those_below_it",
+        "tests/test_cgroups.py::test_the_exporter_labels_each_end_with_its_cgroup_as_the_rules_say")),
     Check("births under an earlier tracer", (
         "tests/test_sessions.py::"
         "test_session_opened_under_an_earlier_tcplife_is_reported_without_a_lifespan",)),

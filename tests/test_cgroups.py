@@ -1,5 +1,6 @@
 """Each session's cgroup v2, read from the socket: exact on both ends, whoever
-closes, whatever the owner did since; and tcplife's filter by cgroup."""
+closes, whatever the owner did since; tcplife's filter by cgroup; and the
+exporter's cgroup label, rewritten by its rules."""
 
 from __future__ import annotations
 
@@ -12,10 +13,16 @@ import pytest
 from tcplife_exporter.cgroup import hierarchy_root
 from tcplife_exporter.cgroup_paths import unresolved
 
+from .helpers.cgroups import own_cgroup
+from .helpers.exporting import ExporterProcess, select, total
 from .helpers.peers import Plan, reported, run_session
+from .helpers.prometheus_server import PrometheusServer
 from .helpers.tracing import TcplifeProcess
+from .helpers.traffic import free_port
 
 pytestmark = pytest.mark.bpf
+
+DURATION = "tcplife_session_duration_seconds"
 
 
 @pytest.fixture
@@ -90,11 +97,6 @@ def test_a_cgroup_removed_before_the_close_shows_its_id(cgroups):
     assert server["cgroup"] == own_cgroup(), server  # the peers' forkserver is ours
 
 
-def own_cgroup() -> str:
-    with open("/proc/self/cgroup") as groups:
-        return next(line for line in groups if line.startswith("0::")).strip()[3:]
-
-
 def test_the_cgroup_column(cgroups):
     group = cgroups("column")
     with TcplifeProcess(["--cgroup"]) as proc:
@@ -138,3 +140,50 @@ def test_an_unknown_cgroup_filter_is_one_line():
     assert "no cgroup v2 /no/such/cgroup: neither a cgroup v2 directory nor a cgroup below " \
            f"the hierarchy's root {hierarchy_root()}" in message, message
     assert "Traceback" not in message
+
+
+def test_the_exporter_labels_each_end_with_its_cgroup_as_the_rules_say(tmp_path, cgroups):
+    server_group, client_group = cgroups("services/web.service/worker"), cgroups("clients/a")
+    parked = cgroups("parked")
+    top = shown(server_group).split("/")[1]
+    port = free_port()
+    config = f"""ports: {{labelled: [{port}], auto: false}}
+labels:
+  cgroup: true
+  cgroup_depth: 2
+  cgroup_rewrite:
+    - match: '/{top}/services/(?P<unit>[^/]+)(?:/.*)?'
+      replace: 'unit \\g<unit>'
+"""
+    with ExporterProcess(config, workdir=tmp_path) as exporter:
+        for _ in range(3):
+            run_session(Plan(client_sends=10, port=port, client_cgroup=str(client_group),
+                             server_cgroup=str(server_group)))
+        # A cgroup created after the exporter started and removed before the close.
+        doomed = cgroups("doomed")
+        run_session(Plan(client_sends=10, port=port, pause=True, client_cgroup=str(doomed),
+                         client_moves_to=str(parked), server_cgroup=str(server_group)),
+                    between=doomed.rmdir)
+        count = f"{DURATION}_count"
+        samples = exporter.wait_until(
+            lambda s: total(s, count, port=str(port), direction="inbound") == 4
+            and total(s, count, port=str(port), direction="outbound") == 4)
+    ours = {dict(labels)["cgroup"]: found for labels, found in
+            select(samples, count, port=str(port)).items()}
+    assert ours == {"unit web.service": 4, f"/{top}/clients": 3, "unknown": 1}, ours
+    # Open sessions carry no cgroup label (a table slot has no room for it).
+    assert all("cgroup" not in dict(labels) for labels in select(samples, "tcplife_sessions_open"))
+
+
+def test_prometheus_sees_the_cgroup_label(tmp_path, cgroups):
+    group = cgroups("prometheus/app.service")
+    port = free_port()
+    config = f"ports: {{labelled: [{port}], auto: false}}\nlabels: {{cgroup: true}}\n"
+    with ExporterProcess(config, workdir=tmp_path) as exporter, \
+            PrometheusServer(tmp_path, [f"127.0.0.1:{exporter.port}"]) as prometheus:
+        for _ in range(5):
+            run_session(Plan(client_sends=1, port=port, server_cgroup=str(group)))
+        inbound = (f'sum by (cgroup) (tcplife_session_duration_seconds_count'
+                   f'{{port="{port}", direction="inbound"}}) == 5')
+        (result,) = prometheus.wait_for(inbound)
+    assert result["metric"] == {"cgroup": shown(group)}, result

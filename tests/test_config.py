@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from tcplife_exporter.config import ConfigError, ExporterConfig, load_config, parse_config
+from tcplife_exporter.exporter import same_series
 
 from .helpers.exporting import EXPORTER
 from .helpers.tracing import REPO
@@ -26,7 +27,11 @@ def test_every_setting_is_read():
     config = parse_config("""
 buckets: {duration_seconds: [0.5, 2], bytes: [10, 20]}
 ports: {labelled: [22, 443], auto: false, auto_limit: 5}
-labels: {comm: true}
+labels:
+  comm: true
+  cgroup: true
+  cgroup_depth: 2
+  cgroup_rewrite: [{match: '/(a)/.*', replace: '\\1'}]
 remote_networks:
   office: [192.0.2.0/24, "2001:db8::/32"]
 filters: {family: ipv6, local_ports: [80], remote_ports: [5432], pid: 42}
@@ -36,6 +41,9 @@ limits: {max_label_sets: 7, max_open_sessions: 100}
     assert config.bytes_bounds == (10, 20)
     assert config.labelled_ports == {22, 443}
     assert (config.auto_ports, config.auto_port_limit, config.comm_label) == (False, 5, True)
+    assert (config.cgroup_label, config.cgroup_depth) == (True, 2)
+    (rewrite,) = config.cgroup_rewrites
+    assert (rewrite.pattern.pattern, rewrite.replace) == ("/(a)/.*", "\\1")
     assert config.remote_networks == (
         ("office", (ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("2001:db8::/32"))),
     )
@@ -70,6 +78,14 @@ BAD = [
     ("filters: {family: ipv5}\n", "filters.family: must be one of any, ipv4, ipv6"),
     ("limits: {max_label_sets: 0}\n", "limits.max_label_sets: must be an integer from 1"),
     ("labels: {comm: 1}\n", "labels.comm: must be true or false, got 1"),
+    ("labels: {cgroup_depth: 65}\n", "labels.cgroup_depth: must be an integer from 0 to 64"),
+    ("labels: {cgroup_rewrite: [{match: '(x'}]}\n", "labels.cgroup_rewrite[0]: needs 'replace'"),
+    ("labels: {cgroup_rewrite: [{match: '(x', replace: y}]}\n",
+     "labels.cgroup_rewrite[0].match: is not a regular expression: missing )"),
+    ("labels: {cgroup_rewrite: [{match: '/(a)', replace: '\\2'}]}\n",
+     "labels.cgroup_rewrite[0].replace: refers to group 2, but the expression has 1"),
+    ("labels: {cgroup_rewrite: [{match: '/(?P<u>a)', replace: '\\g<v>'}]}\n",
+     "refers to group 'v', which the expression does not name"),
 ]
 
 
@@ -101,3 +117,16 @@ def test_the_exporter_refuses_a_bad_config_in_one_line(tmp_path, text, message):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("tcplife-exporter: ") and message in lines[0]
+
+
+def test_a_reload_that_changes_how_cgroups_render_restarts_the_counters():
+    base = parse_config("labels: {cgroup: true, cgroup_rewrite: [{match: '/a', replace: b}]}\n",
+                        "old.yaml")
+    same = parse_config("labels:\n  cgroup: true\n  cgroup_rewrite:\n"
+                        "    - {match: '/a', replace: b}\n", "new.yaml")
+    assert same_series(same, base)
+    for changed in ("labels: {cgroup: false}\n",
+                    "labels: {cgroup: true, cgroup_depth: 1, "
+                    "cgroup_rewrite: [{match: '/a', replace: b}]}\n",
+                    "labels: {cgroup: true, cgroup_rewrite: [{match: '/a', replace: c}]}\n"):
+        assert not same_series(parse_config(changed, "new.yaml"), base), changed

@@ -17,6 +17,7 @@ from prometheus_client.utils import floatToGoString
 
 from tcplife_exporter.config import DEFAULT_DURATION_BOUNDS
 
+from .helpers.cgroups import own_cgroup
 from .helpers.exporting import ExporterProcess
 from .helpers.prometheus_server import PrometheusServer
 from .helpers.tracing import REPO
@@ -183,13 +184,14 @@ def _instant(prometheus: PrometheusServer, promql: str) -> tuple[list[dict] | No
 @pytest.fixture(scope="module")
 def scraped(tmp_path_factory):
     """A Prometheus server that scraped the exporter while IPv4 sessions of a few
-    lifespans and sizes ran on two labelled ports; yields (server, instance, ports)."""
+    lifespans and sizes ran on two labelled ports, from this process's cgroup (the
+    cgroup label is on); yields (server, instance, ports)."""
     workdir = tmp_path_factory.mktemp("grafana")
     quick, slow = free_port(), free_port()
     while slow == quick:
         slow = free_port()
     config = (f"ports: {{labelled: [{quick}, {slow}], auto: false}}\n"
-              "filters: {family: ipv4}\n")
+              "filters: {family: ipv4}\nlabels: {cgroup: true}\n")
     loads = {
         quick: [Load(port=quick, count=50, client_sends=300, server_sends=5000),
                 Load(port=quick, count=15, client_sends=40, server_sends=70000, hold_s=0.01)],
@@ -229,10 +231,11 @@ def test_every_panel_query_has_data(scraped):
     thresholds = [option["value"] for option in template["threshold"]["options"]]
     # Everything ("All"), two values of each, and one value of each.
     selections: list[Selection] = [
-        {"job": JOB, "instance": ALL, "direction": ALL, "port": ALL},
+        {"job": JOB, "instance": ALL, "direction": ALL, "port": ALL, "cgroup": ALL},
         {"job": JOB, "instance": [instance], "direction": ["inbound", "outbound"],
-         "port": [quick, slow]},
-        {"job": JOB, "instance": [instance], "direction": ["outbound"], "port": [slow]},
+         "port": [quick, slow], "cgroup": [own_cgroup()]},
+        {"job": JOB, "instance": [instance], "direction": ["outbound"], "port": [slow],
+         "cgroup": [own_cgroup()]},
     ]
     failures, queries = [], 0
     for title, target in targets(dashboard):
@@ -258,7 +261,7 @@ def _outside_selection(where: str, result: list[dict], chosen: Selection) -> lis
     """Series whose labels the variables should have filtered out."""
     wrong = []
     for series in result:
-        for label in ("instance", "direction", "port"):
+        for label in ("instance", "direction", "port", "cgroup"):
             picked = chosen[label]
             value = series["metric"].get(label)
             if picked != ALL and value is not None and value not in picked:
@@ -272,7 +275,8 @@ def test_every_variable_query_has_values(scraped):
     template = variables(load_dashboard())
     chosen: Selection = {"job": JOB, "instance": ALL}
     expected = {"job": {JOB}, "instance": {instance},
-                "direction": {"inbound", "outbound"}, "port": {quick, slow}}
+                "direction": {"inbound", "outbound"}, "port": {quick, slow},
+                "cgroup": {own_cgroup()}}
     queried = set()
     for name, var in template.items():
         if var["type"] != "query":

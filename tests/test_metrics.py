@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections import Counter
 
-from tcplife_exporter.config import ExporterConfig
+from tcplife_exporter.config import ExporterConfig, parse_config
 from tcplife_exporter.folding import LabelRules, Series
 from tcplife_exporter.metrics import session_families
 from tcplife_exporter.session_table import OpenLabels
@@ -20,7 +20,7 @@ LOADED_NS = 5_000_000_000
 
 def series(**values) -> Series:
     defaults = dict(direction="inbound", family=4, port=443, network=1, comm=b"",
-                    overflow=False, failed_handshakes=0, duration_sum_ns=0, sent_sum=0,
+                    cgroup=None, overflow=False, failed_handshakes=0, duration_sum_ns=0, sent_sum=0,
                     received_sum=0, created_ns=0, duration=[0, 0, 0], sent=[0, 0, 0],
                     received=[0, 0, 0])
     return Series(**{**defaults, **values})
@@ -100,3 +100,34 @@ def test_open_sessions_render_with_the_names_of_the_rules_that_labelled_them():
     # Every label set known in advance has its gauge too, at zero.
     assert gauge[labels(direction="outbound", port="443", family="ipv6",
                         remote_network="lan")] == 0
+
+
+def test_cgroups_rewritten_alike_merge_and_unknown_ones_are_named():
+    config = parse_config("""
+labels:
+  cgroup: true
+  cgroup_depth: 1
+  cgroup_rewrite:
+    - match: '/kubepods[^/]*/(?:[^/]+/)*pod(?P<uid>[0-9a-f_]+)\\.slice(?:/.*)?'
+      replace: 'pod \\g<uid>'
+""", "test.yaml")
+    pod = "/kubepods.slice/kubepods-besteffort.slice/podab_12.slice"
+    folded = [series(cgroup=f"{pod}/cri-1.scope", duration=[1, 0, 0]),
+              series(cgroup=f"{pod}/cri-2.scope", duration=[0, 1, 0]),
+              series(cgroup="/system.slice/nginx.service", duration=[0, 0, 1]),
+              series(cgroup="/", duration=[1, 0, 0]),
+              series(cgroup=None, duration=[1, 0, 0]),
+              series(overflow=True, duration=[1, 0, 0])]
+    found = samples(session_families(config, RULES, folded, Counter(), {}, LOADED_NS))
+    count = "tcplife_session_duration_seconds_count"
+
+    def counted(cgroup: str, port: str = "443") -> float:
+        return found[(count, labels(cgroup=cgroup, direction="inbound", family="ipv4",
+                                    port=port, remote_network="lan"))]
+
+    assert counted("pod ab_12") == 2  # two containers of one pod: one label set
+    assert counted("/system.slice") == 1  # no rule matched: cut to depth 1
+    assert counted("/") == 1
+    assert counted("unknown") == 1
+    assert found[(count, labels(cgroup="overflow", direction="inbound", family="ipv4",
+                                port="overflow", remote_network="overflow"))] == 1
