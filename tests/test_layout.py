@@ -11,7 +11,7 @@ from tcplife_exporter.layout import StructLayout
 def test_a_struct_round_trips_and_padding_is_not_a_field(btf):
     layout = StructLayout(btf, "series_key")
     values = {"comm": b"nginx", "network": 3, "port": 443, "direction": 1, "family": 6,
-              "overflow": 1}
+              "overflow": 1, "cgroup_id": 2**40 + 3}
     assert "_pad" not in layout.field_names
     packed = layout.pack(**values)
     assert len(packed) == layout.size == btf.struct("series_key")[0]
