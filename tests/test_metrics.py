@@ -10,6 +10,8 @@ from tcplife_exporter.folding import LabelRules, Series
 from tcplife_exporter.metrics import session_families
 from tcplife_exporter.session_table import OpenLabels
 
+from .helpers.tracing import REPO
+
 LAN = (("lan", (ipaddress.ip_network("10.0.0.0/8"),)),)
 CONFIG = ExporterConfig(duration_bounds=(0.1, 1.0), bytes_bounds=(0, 100),
                         labelled_ports=frozenset({443}), remote_networks=LAN)
@@ -102,19 +104,24 @@ def test_open_sessions_render_with_the_names_of_the_rules_that_labelled_them():
                         remote_network="lan")] == 0
 
 
+def readme_recipe() -> str:
+    """The README's Kubernetes recipe for the cgroup label, as documented."""
+    readme = (REPO / "README.md").read_text()
+    after = readme.split("one value per pod and per systemd unit:", 1)[1]
+    return after.split("```yaml\n", 1)[1].split("```", 1)[0]
+
+
 def test_cgroups_rewritten_alike_merge_and_unknown_ones_are_named():
-    config = parse_config("""
-labels:
-  cgroup: true
-  cgroup_depth: 1
-  cgroup_rewrite:
-    - match: '/kubepods[^/]*/(?:[^/]+/)*pod(?P<uid>[0-9a-f_]+)\\.slice(?:/.*)?'
-      replace: 'pod \\g<uid>'
-""", "test.yaml")
-    pod = "/kubepods.slice/kubepods-besteffort.slice/podab_12.slice"
-    folded = [series(cgroup=f"{pod}/cri-1.scope", duration=[1, 0, 0]),
-              series(cgroup=f"{pod}/cri-2.scope", duration=[0, 1, 0]),
+    config = parse_config(readme_recipe(), "README.md")
+    # The systemd cgroup driver's layouts: a burstable pod, and a guaranteed one
+    # (no QoS slice), each with containers.
+    pod = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podab_12.slice"
+    guaranteed = "/kubepods.slice/kubepods-podcd_34.slice"
+    folded = [series(cgroup=f"{pod}/cri-containerd-1.scope", duration=[1, 0, 0]),
+              series(cgroup=f"{pod}/cri-containerd-2.scope", duration=[0, 1, 0]),
+              series(cgroup=f"{guaranteed}/cri-containerd-3.scope", duration=[0, 1, 0]),
               series(cgroup="/system.slice/nginx.service", duration=[0, 0, 1]),
+              series(cgroup="/user.slice/user-1000.slice/session-3.scope", duration=[1, 0, 0]),
               series(cgroup="/", duration=[1, 0, 0]),
               series(cgroup=None, duration=[1, 0, 0]),
               series(overflow=True, duration=[1, 0, 0])]
@@ -126,7 +133,9 @@ labels:
                                     port=port, remote_network="lan"))]
 
     assert counted("pod ab_12") == 2  # two containers of one pod: one label set
-    assert counted("/system.slice") == 1  # no rule matched: cut to depth 1
+    assert counted("pod cd_34") == 1
+    assert counted("nginx.service") == 1  # a systemd unit by its name
+    assert counted("/user.slice") == 1  # no rule matched: cut to depth 1
     assert counted("/") == 1
     assert counted("unknown") == 1
     assert found[(count, labels(cgroup="overflow", direction="inbound", family="ipv4",

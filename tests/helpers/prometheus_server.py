@@ -35,6 +35,7 @@ class PrometheusServer:
         deadline = time.monotonic() + 30
         while not self._ready():
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.__exit__()  # a server that never answered is not left running
                 raise AssertionError(f"prometheus did not start: {self.log()}")
             time.sleep(0.2)
         return self
