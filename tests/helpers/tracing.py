@@ -89,9 +89,20 @@ class TcplifeProcess(ToolProcess):
     ready_text = "Tracing TCP sessions"
     command = TCPLIFE
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._sessions: list[dict] = []
+        self._lines_parsed = 0
+
     def sessions(self) -> list[dict]:
+        # Only the lines not parsed yet: wait_for() calls this at every line that
+        # arrives, and re-parsing all of them made waiting for thousands of
+        # sessions quadratic, slower than tcplife itself under emulation.
         with self._cond:
-            return [json.loads(line) for line in self.lines if line.startswith("{")]
+            new = self.lines[self._lines_parsed:]
+            self._sessions.extend(json.loads(line) for line in new if line.startswith("{"))
+            self._lines_parsed += len(new)
+            return list(self._sessions)
 
     def wait_for(self, predicate: Callable[[list[dict]], bool], timeout: float = 10) -> list[dict]:
         """Sessions so far, once ``predicate`` holds for them (or at the timeout)."""
