@@ -58,25 +58,36 @@ def is_cgroup2(path: str) -> bool:
     return int.from_bytes(buf.raw[:8], sys.byteorder) == CGROUP2_SUPER_MAGIC
 
 
+def _as_directory(path: str) -> tuple[str, str]:
+    """Where a directory ``path`` may hold cgroup v2: itself, or its ``unified``
+    directory where cgroup v1 controllers are mounted at ``path`` too (hybrid)."""
+    return path, os.path.join(path, "unified")
+
+
+def _first_cgroup2(candidates: tuple[str, ...]) -> str | None:
+    return next((candidate for candidate in candidates if is_cgroup2(candidate)), None)
+
+
 def resolve(path: str) -> str:
     """``path`` if it is a cgroup v2 directory, or its ``unified`` directory where
     cgroup v1 controllers are mounted at ``path`` too (a hybrid layout)."""
-    for candidate in (path, os.path.join(path, "unified")):
-        if is_cgroup2(candidate):
-            return candidate
-    raise TcplifeError(f"{path} is not a cgroup v2 directory (nor is {path}/unified)")
+    found = _first_cgroup2(_as_directory(path))
+    if found is None:
+        raise TcplifeError(f"{path} is not a cgroup v2 directory (nor is {path}/unified)")
+    return found
 
 
 def cgroup_directory(path: str) -> str:
-    """The directory of a cgroup named by its path below the hierarchy's root (as
-    tcplife shows it: /system.slice/nginx.service) or by its directory."""
-    if is_cgroup2(path):
-        return path
-    below_root = os.path.join(hierarchy_root(), path.lstrip("/"))
-    if is_cgroup2(below_root):
-        return below_root
-    raise TcplifeError(f"no cgroup v2 {path}: neither a cgroup v2 directory nor a cgroup "
-                       f"below the hierarchy's root {hierarchy_root()}")
+    """The directory of a cgroup named by its directory (as resolve() takes it) or
+    by its path below the hierarchy's root, as tcplife shows it:
+    /system.slice/nginx.service."""
+    root = hierarchy_root()
+    below_root = os.path.normpath(os.path.join(root, path.lstrip("/")))
+    found = _first_cgroup2((*_as_directory(path), below_root))
+    if found is None:
+        raise TcplifeError(f"no cgroup v2 {path}: neither a cgroup v2 directory nor a cgroup "
+                           f"below the hierarchy's root {root}")
+    return found
 
 
 def open_directory(path: str) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tcplife_exporter.cgroup import hierarchy_root
+from tcplife_exporter.cgroup import cgroup_directory, hierarchy_root
 from tcplife_exporter.cgroup_paths import unresolved
 
 from .helpers.cgroups import own_cgroup
@@ -131,6 +131,14 @@ def test_the_cgroup_filter_keeps_a_cgroup_and_those_below_it(cgroups):
         inside = run_session(Plan(client_sends=1, client_cgroup=str(kept)))
         (client,) = proc.matching(inside.client.lport, inside.client.rport)
         assert client["cgroup"] == shown(kept)
+
+
+def test_the_filter_names_a_cgroup_as_shown_or_by_directory_or_mount_point():
+    """As --cgroup PATH did before it: a hybrid layout's mount point (cgroup v1
+    controllers beside) stands for its unified/ directory."""
+    root = hierarchy_root()
+    mount = os.path.dirname(root) if os.path.basename(root) == "unified" else root
+    assert cgroup_directory(mount) == cgroup_directory(root) == cgroup_directory("/") == root
 
 
 def test_an_unknown_cgroup_filter_is_one_line():
