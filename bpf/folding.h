@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * Histograms folded in the kernel: each closed session is added to the
- * `series` entry of its label set (bucket counts and sums), which user space
+ * `series` entry of its label set (bucket counts and sums; native
+ * histograms' counts in bpf/native.h), which user space
  * reads at scrape time. User space does no work per session.
  *
  * Relies on: a per-CPU hash takes no lock for a lookup, but its value is
@@ -26,22 +27,24 @@ const volatile __u64 bytes_bounds[MAX_BOUNDS] = {};
 /*
  * Per-CPU so that folding takes no lock. Entries are allocated on first use,
  * so memory follows the label sets seen, up to the cap user space sets here
- * (plus the pre-created overflow series).
+ * (plus the pre-created overflow series). Sizes, not types: with native
+ * histograms on, user space makes the values longer (bpf/native.h), and a
+ * map's BTF type would have to match its value size.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 1024);
-	__type(key, struct series_key);
-	__type(value, struct series);
+	__uint(key_size, sizeof(struct series_key));
+	__uint(value_size, sizeof(struct series));
 } series SEC(".maps");
 
 /* A zeroed value to create series from: too big for the BPF stack. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct series);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(struct series));
 } empty_series SEC(".maps");
 
 /* The first slot whose bound is >= value (le is inclusive), or nbounds: +Inf. */
@@ -127,6 +130,11 @@ static __always_inline void fold(const struct session_labels *labels,
 	__sync_fetch_and_add(&into->sent[slot], 1);
 	slot = bucket_of(bytes_bounds, bytes_nbounds, r->rx_bytes);
 	__sync_fetch_and_add(&into->received[slot], 1);
+	if (native_nbuckets) {
+		fold_native(into, NATIVE_DURATION, r->duration_ns);
+		fold_native(into, NATIVE_SENT, r->tx_bytes);
+		fold_native(into, NATIVE_RECEIVED, r->rx_bytes);
+	}
 }
 
 #endif /* TCPLIFE_FOLDING_H */

@@ -41,6 +41,7 @@
 #include "owner.h"
 #include "sockets.h"
 #include "labels.h"
+#include "native.h"
 #include "folding.h"
 #include "records.h"
 

@@ -27,7 +27,11 @@ enum counter {
 	COUNTER_SERIES_MAP_FULL = 4,	/* not folded: `series` insert failed otherwise */
 	COUNTER_PORT_LABELS_FULL = 5,	/* folded as port "other": automatic port cap */
 	COUNTER_CLOSE_UNSEEN = 6,	/* a tracked session's close never arrived */
-	COUNTER_MAX = 7,
+	/* counted in the last bucket of a native histogram's window: above it */
+	COUNTER_NATIVE_DURATION_ABOVE = 7,
+	COUNTER_NATIVE_SENT_ABOVE = 8,
+	COUNTER_NATIVE_RECEIVED_ABOVE = 9,
+	COUNTER_MAX = 10,
 };
 
 enum record_flag {
@@ -108,6 +112,11 @@ struct series_key {
 	__u8 _pad;
 };
 
+/*
+ * A label set's folded values. With native histograms on, user space sizes
+ * the map's values to hold, after this, the native counts of each histogram
+ * (enum native_histogram): the zero bucket, then the window's buckets.
+ */
 struct series {
 	__u64 failed_handshakes;	/* closed before the handshake completed */
 	__u64 duration_sum_ns;
@@ -118,6 +127,19 @@ struct series {
 	__u64 sent[HIST_SLOTS];		/* payload bytes */
 	__u64 received[HIST_SLOTS];
 };
+
+/* Native histograms (bpf/native.h), in the order of their counts in a value. */
+enum native_histogram {
+	NATIVE_DURATION = 0,		/* nanoseconds */
+	NATIVE_SENT = 1,		/* payload bytes */
+	NATIVE_RECEIVED = 2,
+	NATIVE_HISTOGRAMS = 3,
+};
+
+/* Boundaries per doubling at the finest schema, 8; a power of two. */
+#define NATIVE_TABLE 256
+/* Rows of the per-histogram settings: NATIVE_HISTOGRAMS rounded up to a power of two. */
+#define NATIVE_ROWS 4
 
 /* Remote networks: an LPM trie over IPv6, IPv4 as ::ffff:a.b.c.d/96+len. */
 struct network_key {

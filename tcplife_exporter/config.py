@@ -15,6 +15,7 @@ from typing import Any, Union
 
 from .cgroup_labels import CgroupRewrite, template_problem
 from .errors import TcplifeError
+from .native import MAX_SCHEMA, MIN_SCHEMA, NativeSettings
 from .options import MAX_BOUNDS, SessionFilter
 from .yamlfile import Node, YamlReader, read_text
 
@@ -37,6 +38,10 @@ DEFAULT_BYTES_BOUNDS = (
 RESERVED_NETWORK_NAMES = ("other", "overflow")
 MAX_NETWORK_CIDRS = 4096
 MAX_CGROUP_REWRITES = 64
+HISTOGRAM_KINDS = ("classic", "native", "both")
+# A label set's value in the kernel, per CPU, stays below the per-CPU allocator's
+# 32 KiB limit: 3 histograms x (1 + max_buckets) counts, plus the classic part.
+MAX_NATIVE_BUCKETS = 1024
 
 
 class ConfigError(TcplifeError):
@@ -58,6 +63,16 @@ class ExporterConfig:
     remote_networks: tuple[tuple[str, tuple[IPNetwork, ...]], ...] = ()
     filter: SessionFilter = field(default_factory=SessionFilter)
     max_label_sets: int = 1000
+    histograms: str = "classic"  # one of HISTOGRAM_KINDS
+    native: NativeSettings = field(default_factory=NativeSettings)
+
+    @property
+    def classic(self) -> bool:
+        return self.histograms != "native"
+
+    def native_settings(self) -> NativeSettings | None:
+        """The native histograms' settings, if they are on."""
+        return None if self.histograms == "classic" else self.native
     max_open_sessions: int = 65536
 
 
@@ -223,7 +238,26 @@ def _limits(reader: YamlReader, node: Node) -> dict[str, Any]:
     return settings
 
 
+def _histograms(reader: YamlReader, node: Node) -> dict[str, Any]:
+    kind = reader.string(node)
+    if kind not in HISTOGRAM_KINDS:
+        raise reader.error(node, f"must be one of {', '.join(HISTOGRAM_KINDS)}, not {kind!r}")
+    return {"histograms": kind}
+
+
+def _native(reader: YamlReader, node: Node) -> dict[str, Any]:
+    entries = reader.mapping(node, ["schema", "max_buckets"])
+    defaults = NativeSettings()
+    schema = (reader.integer(entries["schema"], MIN_SCHEMA, MAX_SCHEMA)
+              if "schema" in entries else defaults.schema)
+    max_buckets = (reader.integer(entries["max_buckets"], 1, MAX_NATIVE_BUCKETS)
+                   if "max_buckets" in entries else defaults.max_buckets)
+    return {"native": NativeSettings(schema, max_buckets)}
+
+
 _SECTIONS: dict[str, Callable[[YamlReader, Node], dict[str, Any]]] = {
+    "histograms": _histograms,
+    "native": _native,
     "buckets": _buckets,
     "ports": _ports,
     "labels": _labels,

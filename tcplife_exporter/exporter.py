@@ -33,6 +33,7 @@ from .folding import (
     fill_maps,
     fold_rodata,
     map_sizes,
+    value_sizes,
 )
 from .metrics import session_families
 from .program import ProgramStats, SessionProgram
@@ -70,6 +71,11 @@ KERNEL_COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
         "Sessions whose close the program never saw (found when a new socket took the "
         "address of one still tracked): lost, and left in tcplife_sessions_open until then.",
         {}),
+    **{f"native_{histogram}_above": (
+        "tcplife_exporter_native_bucket_limit_observations",
+        "Observations above the last bucket of their native histogram's window "
+        "(native.max_buckets): counted in that bucket; count and sum stay exact.",
+        {"histogram": histogram}) for histogram in ("duration", "sent", "received")},
 }
 
 
@@ -90,7 +96,7 @@ class _Loaded:
             program.configure(
                 {**config.filter.rodata(), **records_rodata,
                  **fold_rodata(config, rules, rules_id)},
-                {**records_size, **map_sizes(config)})
+                {**records_size, **map_sizes(config)}, value_sizes(program.btf, config))
             if replacing is not None and program.take_table_of(replacing.program) \
                     and replacing.rules == rules:
                 program.share_maps(replacing.program, (AUTO_PORTS_MAP,))  # labels mean the same
@@ -100,7 +106,7 @@ class _Loaded:
             # host's mounted in (--cgroup.path), not the container's own namespace.
             cgroups = (CgroupPaths(cgroup.resolve(cgroup_path) if cgroup_path else None)
                        if config.cgroup_label else None)
-            self.folded = FoldedReader(program.obj, program.btf, cgroups)
+            self.folded = FoldedReader(program.obj, program.btf, config, cgroups)
             self.open_sessions = OpenSessions(program.obj, program.btf, config.max_open_sessions)
             if replacing is None:
                 program.attach(cgroup_path)
@@ -121,6 +127,8 @@ def same_series(new: ExporterConfig, old: ExporterConfig) -> bool:
     buckets, and label values that name the same things."""
     return (new.duration_bounds == old.duration_bounds
             and new.bytes_bounds == old.bytes_bounds
+            and new.histograms == old.histograms
+            and new.native == old.native
             and new.remote_networks == old.remote_networks
             and new.comm_label == old.comm_label
             and new.cgroup_label == old.cgroup_label
@@ -243,6 +251,8 @@ class Exporter:
 
         families: dict[str, CounterMetricFamily] = {}
         for name, value in counters.items():
+            if name.startswith("native_") and config.native_settings() is None:
+                continue  # a window's limit only where native histograms are on
             metric, documentation, labels = KERNEL_COUNTERS[name]
             family = families.setdefault(metric, CounterMetricFamily(
                 metric, documentation, labels=list(labels)))

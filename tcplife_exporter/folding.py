@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import struct
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from .config import ExporterConfig, IPNetwork
 from .errors import TcplifeError
 from .layout import StructLayout
 from .libbpf import BpfObject, num_possible_cpus
+from .native import HISTOGRAMS, NativeBuckets, native_rodata, value_words, window
 from .options import MAX_BOUNDS, port_bitmap
 
 log = logging.getLogger(__name__)
@@ -80,14 +82,20 @@ def bounds_array(bounds: Iterable[int], slots: int) -> bytes:
 
 
 def duration_bounds_ns(config: ExporterConfig) -> tuple[int, ...]:
-    return tuple(round(b * 1e9) for b in config.duration_bounds)
+    """The classic duration buckets' bounds; none with native histograms alone
+    (every value in the +Inf slot: the count)."""
+    return tuple(round(b * 1e9) for b in config.duration_bounds) if config.classic else ()
+
+
+def bytes_bounds(config: ExporterConfig) -> tuple[int, ...]:
+    return config.bytes_bounds if config.classic else ()
 
 
 def fold_rodata(config: ExporterConfig, rules: LabelRules, rules_id: int) -> dict:
     """The settings of bpf/labels.h and bpf/folding.h. ``rules_id`` (1-255)
     tells the program's labels apart from those of programs before it."""
     low, high = rules.ephemeral_ports
-    durations = duration_bounds_ns(config)
+    durations, sizes = duration_bounds_ns(config), bytes_bounds(config)
     return {
         "label_rules": rules_id,
         "label_networks": int(bool(rules.networks)),
@@ -100,8 +108,9 @@ def fold_rodata(config: ExporterConfig, rules: LabelRules, rules_id: int) -> dic
         "label_cgroup": int(config.cgroup_label),
         "duration_nbounds": len(durations),
         "duration_bounds_ns": bounds_array(durations, MAX_BOUNDS),
-        "bytes_nbounds": len(config.bytes_bounds),
-        "bytes_bounds": bounds_array(config.bytes_bounds, MAX_BOUNDS),
+        "bytes_nbounds": len(sizes),
+        "bytes_bounds": bounds_array(sizes, MAX_BOUNDS),
+        **native_rodata(config.native_settings()),
     }
 
 
@@ -114,6 +123,12 @@ def map_sizes(config: ExporterConfig) -> dict[str, int]:
         AUTO_PORTS_MAP: config.auto_port_limit,
         "networks": max(cidrs, 1),
     }
+
+
+def value_sizes(btf: Btf, config: ExporterConfig) -> dict[str, int]:
+    """Each label set's value: `struct series`, then the native histograms' counts."""
+    size = StructLayout(btf, "series").size + 8 * value_words(config.native_settings())
+    return {"series": size, "empty_series": size}
 
 
 def network_key(layout: StructLayout, cidr: IPNetwork) -> bytes:
@@ -163,12 +178,14 @@ class Series:
     duration: list[int]
     sent: list[int]
     received: list[int]
+    native: dict[str, NativeBuckets] | None  # by histogram, when native histograms are on
 
 
 class FoldedReader:
     """Reads the kernel's folded series at scrape time."""
 
-    def __init__(self, obj: BpfObject, btf: Btf, cgroups: CgroupPaths | None) -> None:
+    def __init__(self, obj: BpfObject, btf: Btf, config: ExporterConfig,
+                 cgroups: CgroupPaths | None) -> None:
         """``cgroups``: where the cgroup label is on, what turns its ids into paths."""
         self.loaded_ns = time.monotonic_ns()  # the program folds from about now
         self._obj = obj
@@ -180,6 +197,10 @@ class FoldedReader:
         self._directions = btf.enum_labels("direction", "DIRECTION_")
         self._summed = ("failed_handshakes", "duration_sum_ns", "sent_sum", "received_sum")
         self._histograms = ("duration", "sent", "received")
+        native = config.native_settings()
+        self._windows = {h: window(h, native) for h in HISTOGRAMS} if native else {}
+        self._native_words = value_words(native)
+        self._native_counts = struct.Struct(f"<{self._native_words}Q")
 
     def series(self) -> list[Series]:
         found = []
@@ -191,6 +212,7 @@ class FoldedReader:
             totals["created_ns"] = max(v["created_ns"] for v in per_cpu)  # set on one CPU
             for name in self._histograms:
                 totals[name] = [sum(column) for column in zip(*(v[name] for v in per_cpu))]
+            totals["native"] = self._native(raw_value) if self._windows else None
             found.append(Series(
                 direction=self._directions.get(key["direction"], "unknown"),
                 family=key["family"],
@@ -202,4 +224,15 @@ class FoldedReader:
                 overflow=bool(key["overflow"]),
                 **totals,
             ))
+        return found
+
+    def _native(self, raw_value: bytes) -> dict[str, NativeBuckets]:
+        """The native counts after each CPU's `struct series`, summed over CPUs."""
+        per_cpu = [self._native_counts.unpack_from(raw_value, cpu * self._stride + self._value.size)
+                   for cpu in range(self._cpus)]
+        words = [sum(column) for column in zip(*per_cpu)]
+        found, stride = {}, self._native_words // len(HISTOGRAMS)
+        for position, histogram in enumerate(HISTOGRAMS):
+            counts = words[position * stride:(position + 1) * stride]
+            found[histogram] = NativeBuckets(self._windows[histogram], counts[0], counts[1:])
         return found

@@ -57,6 +57,7 @@ _PROTOTYPES: list[tuple[str, object, list[object]]] = [
     ("bpf_map__name", c_char_p, [c_void_p]),
     ("bpf_map__fd", c_int, [c_void_p]),
     ("bpf_map__set_max_entries", c_int, [c_void_p, c_uint32]),
+    ("bpf_map__set_value_size", c_int, [c_void_p, c_uint32]),
     ("bpf_map__value_size", c_uint32, [c_void_p]),
     ("bpf_map__key_size", c_uint32, [c_void_p]),
     ("bpf_map__type", c_int, [c_void_p]),
@@ -275,6 +276,12 @@ class BpfObject:
         err = self._lib.bpf_map__set_max_entries(self._map(map_name), entries)
         if err:
             raise TcplifeError(f"cannot size map {map_name} to {entries}: {errno_text(err)}")
+
+    def set_value_size(self, map_name: str, size: int) -> None:
+        err = self._lib.bpf_map__set_value_size(self._map(map_name), size)
+        if err:
+            raise TcplifeError(f"cannot size the values of map {map_name} to {size} bytes: "
+                               f"{errno_text(err)}")
 
     def map_fd(self, map_name: str) -> int:
         fd = self._lib.bpf_map__fd(self._map(map_name))

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
-    HistogramMetricFamily,
     Metric,
 )
 from prometheus_client.samples import Sample
@@ -25,7 +24,8 @@ from prometheus_client.utils import floatToGoString
 
 from .cgroup_labels import cgroup_label
 from .config import ExporterConfig
-from .folding import DIRECTIONS, FAMILIES, LabelRules, Series, duration_bounds_ns
+from .folding import DIRECTIONS, FAMILIES, LabelRules, Series, bytes_bounds, duration_bounds_ns
+from .native import HISTOGRAMS, NativeBuckets, NativeHistogramFamily, window
 from .session_table import OpenLabels
 
 _CLOSE_ONLY = ("comm", "cgroup")  # labels of closed sessions only
@@ -50,12 +50,17 @@ class _Folded:
     duration: list[int] | None = None
     sent: list[int] | None = None
     received: list[int] | None = None
+    native: dict[str, NativeBuckets] | None = None  # by histogram
 
-    def at_zero_since(self, created_ns: int, duration_slots: int, bytes_slots: int) -> None:
+    def at_zero_since(self, created_ns: int, config: ExporterConfig) -> None:
         """Exposed, at zero where nothing was folded yet, since ``created_ns``."""
-        self.duration = self.duration or [0] * duration_slots
-        self.sent = self.sent or [0] * bytes_slots
-        self.received = self.received or [0] * bytes_slots
+        self.duration = self.duration or [0] * (len(duration_bounds_ns(config)) + 1)
+        self.sent = self.sent or [0] * (len(bytes_bounds(config)) + 1)
+        self.received = self.received or [0] * (len(bytes_bounds(config)) + 1)
+        native = config.native_settings()
+        if native is not None and self.native is None:
+            self.native = {h: NativeBuckets(window(h, native), 0, [0] * native.max_buckets)
+                           for h in HISTOGRAMS}
         self._created_at(created_ns)
 
     def _created_at(self, created_ns: int) -> None:
@@ -75,6 +80,12 @@ class _Folded:
         self.duration = _add_lists(self.duration, series.duration)
         self.sent = _add_lists(self.sent, series.sent)
         self.received = _add_lists(self.received, series.received)
+        if series.native is not None:
+            if self.native is None:
+                self.native = {h: NativeBuckets(b.window, 0, [0] * len(b.counts))
+                               for h, b in series.native.items()}
+            for histogram, buckets in series.native.items():
+                self.native[histogram].add(buckets)
 
 
 def _add_lists(total: list[int] | None, more: list[int]) -> list[int]:
@@ -161,7 +172,7 @@ def _le_values(bounds: Sequence[float]) -> list[str]:
     return [floatToGoString(b) for b in bounds] + ["+Inf"]
 
 
-def _add_histogram(family: HistogramMetricFamily, labels: tuple[str, ...], le: list[str],
+def _add_histogram(family: NativeHistogramFamily, labels: tuple[str, ...], le: list[str],
                    counts: list[int], total: float, created: float | None) -> None:
     """Kernel slots are per bucket; Prometheus buckets count everything up to `le`."""
     buckets, running = [], 0
@@ -193,14 +204,14 @@ def session_families(
             continue  # pre-created and unused: the cap was never reached
         folded.setdefault(labels.of_series(one), _Folded()).add(one)
     for label_values in labels.known_in_advance():
-        folded.setdefault(label_values, _Folded()).at_zero_since(
-            loaded_ns, len(duration_bounds) + 1, len(config.bytes_bounds) + 1)
+        folded.setdefault(label_values, _Folded()).at_zero_since(loaded_ns, config)
 
     duration_le = _le_values([ns / 1e9 for ns in duration_bounds])
-    bytes_le = _le_values(config.bytes_bounds)
+    bytes_le = _le_values(bytes_bounds(config))
     # (family, its `le` values, which field of _Folded, divisor of the sum to base units)
     histograms = [
-        (HistogramMetricFamily(name, documentation, labels=labels.names), le, field, unit)
+        (NativeHistogramFamily(name, documentation, labels.names, config.classic), le, field,
+         unit)
         for name, documentation, le, field, unit in (
             ("tcplife_session_duration_seconds",
              "Lifespan of closed TCP sessions: from connect(), or for accepted sessions "
@@ -231,6 +242,8 @@ def session_families(
         for family, le, field, unit in histograms:
             _add_histogram(family, label_values, le, getattr(values, field),
                            getattr(values, f"{field}_sum") / unit, created)
+            if values.native is not None:
+                family.native[label_values] = values.native[field]
         failures.add_metric(list(label_values), values.failed_handshakes, created=created)
     for open_labels, count in open_sessions.items():
         key = labels.of_open(open_labels, network_names.get(open_labels.rules, ()))

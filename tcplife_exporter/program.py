@@ -60,8 +60,10 @@ class SessionProgram:
             self.obj.close()
             raise
 
-    def configure(self, rodata: dict[str, int | bytes], map_sizes: dict[str, int]) -> None:
-        """Before load: the settings of every part, and the maps' sizes."""
+    def configure(self, rodata: dict[str, int | bytes], map_sizes: dict[str, int],
+                  value_sizes: dict[str, int] | None = None) -> None:
+        """Before load: the settings of every part, and the maps' sizes (entries;
+        bytes per value where that is not the value type's)."""
         rodata = {**rodata, "session_slot_mask": session_table.slots_for(self.max_sessions) - 1}
         data = self.obj.internal_map_data(".rodata")
         variables = self.btf.section_variables(".rodata")
@@ -77,6 +79,8 @@ class SessionProgram:
             data[var.offset : var.offset + var.size] = raw
         for name, entries in map_sizes.items():
             self.obj.set_max_entries(name, entries)
+        for name, size in (value_sizes or {}).items():
+            self.obj.set_value_size(name, size)
 
     def share_maps(self, other: SessionProgram, names: tuple[str, ...]) -> None:
         """Before load: use ``other``'s maps of these names instead of new ones."""

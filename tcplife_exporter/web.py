@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry
 
 from .errors import TcplifeError
 from .exposition import OPENMETRICS, TEXT, exposition
+from .protobuf import PROTOBUF, protobuf_exposition
 from .yamlfile import YamlReader, read_text
 
 log = logging.getLogger(__name__)
@@ -322,8 +323,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_metrics(self) -> None:
         try:
-            openmetrics = wants_openmetrics(self.headers.get("Accept", ""))
-            body = exposition(self.server.registry, openmetrics)
+            content_type = negotiate(self.headers.get("Accept", ""))
+            if content_type == PROTOBUF:
+                body = protobuf_exposition(self.server.registry)
+            else:
+                body = exposition(self.server.registry, content_type == OPENMETRICS)
         except TcplifeError as err:
             log.error("scrape failed: %s", err)
             self._send(500, f"scrape failed: {err}\n".encode(), "text/plain; charset=utf-8")
@@ -337,7 +341,7 @@ class _Handler(BaseHTTPRequestHandler):
         if "gzip" in self.headers.get("Accept-Encoding", ""):
             body = gzip.compress(body, compresslevel=1)
             headers["Content-Encoding"] = "gzip"
-        self._send(200, body, OPENMETRICS if openmetrics else TEXT, headers)
+        self._send(200, body, content_type, headers)
 
     def _send(self, status: int, body: bytes, content_type: str,
               headers: dict[str, str] | None = None) -> None:
@@ -354,20 +358,30 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s %s", self.address_string(), format % args)
 
 
-def wants_openmetrics(accept: str) -> bool:
-    """Whether the client takes OpenMetrics 1.0.0 (Prometheus asks for it first)."""
+def negotiate(accept: str) -> str:
+    """The format to answer an Accept header with: PROTOBUF where the client
+    ranks it first (Prometheus with native histograms on), else OPENMETRICS
+    1.0.0 where it takes it (Prometheus asks for it first), else TEXT."""
+    weights: dict[str, float] = {}
+    best = 0.0
     for choice in accept.split(","):
         media_type, *parameters = (part.strip() for part in choice.split(";"))
-        if media_type != "application/openmetrics-text":
-            continue
         settings = dict(p.partition("=")[::2] for p in parameters)
         try:
             weight = float(settings.get("q", "1"))
         except ValueError:
             continue
-        if settings.get("version", "1.0.0") == "1.0.0" and weight > 0:
-            return True
-    return False
+        best = max(best, weight)
+        if media_type == "application/openmetrics-text" \
+                and settings.get("version", "1.0.0") == "1.0.0":
+            weights[OPENMETRICS] = max(weights.get(OPENMETRICS, 0.0), weight)
+        elif media_type == "application/vnd.google.protobuf" \
+                and settings.get("proto") == "io.prometheus.client.MetricFamily" \
+                and settings.get("encoding") == "delimited":
+            weights[PROTOBUF] = max(weights.get(PROTOBUF, 0.0), weight)
+    if weights.get(PROTOBUF, 0.0) > 0 and weights[PROTOBUF] == best:
+        return PROTOBUF
+    return OPENMETRICS if weights.get(OPENMETRICS, 0.0) > 0 else TEXT
 
 
 def _landing_page(telemetry_path: str) -> bytes:

@@ -23,6 +23,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tcplife_exporter import web
+from tcplife_exporter.exposition import OPENMETRICS, TEXT
+from tcplife_exporter.protobuf import PROTOBUF
 
 from .helpers.exporting import EXPORTER, ExporterProcess, parse_samples
 from .helpers.tracing import REPO
@@ -339,19 +341,35 @@ PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,"
                      "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
 
 
-@pytest.mark.parametrize("accept, openmetrics", [
-    (PROMETHEUS_ACCEPT, True),
-    ("application/openmetrics-text", True),
-    ("text/plain;version=0.0.4;q=0.5, application/openmetrics-text; version=1.0.0; q=0.9", True),
-    ("application/openmetrics-text;version=0.0.1", False),
-    ("application/openmetrics-text;version=1.0.0;q=0", False),
-    ("application/openmetrics-text;q=x", False),
-    ("text/plain;version=0.0.4", False),
-    ("*/*", False),
-    ("", False),
+# What it sends with --enable-feature=native-histograms (acceptHeaderWithProtobuf).
+PROMETHEUS_ACCEPT_PROTOBUF = (
+    "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;"
+    "encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,"
+    "application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+
+
+@pytest.mark.parametrize("accept, content_type", [
+    (PROMETHEUS_ACCEPT, OPENMETRICS),
+    (PROMETHEUS_ACCEPT_PROTOBUF, PROTOBUF),
+    ("application/openmetrics-text", OPENMETRICS),
+    ("text/plain;version=0.0.4;q=0.5, application/openmetrics-text; version=1.0.0; q=0.9",
+     OPENMETRICS),
+    ("application/openmetrics-text;version=0.0.1", TEXT),
+    ("application/openmetrics-text;version=1.0.0;q=0", TEXT),
+    ("application/openmetrics-text;q=x", TEXT),
+    ("text/plain;version=0.0.4", TEXT),
+    ("*/*", TEXT),
+    ("", TEXT),
+    # Protobuf only where ranked first, and only the delimited MetricFamily stream.
+    ("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;"
+     "encoding=delimited;q=0.5,application/openmetrics-text", OPENMETRICS),
+    ("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;"
+     "encoding=text", TEXT),
+    ("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;"
+     "encoding=delimited;q=0", TEXT),
 ])
-def test_openmetrics_is_written_to_clients_that_take_it(accept, openmetrics):
-    assert web.wants_openmetrics(accept) is openmetrics
+def test_each_client_gets_the_format_it_ranks_first(accept, content_type):
+    assert web.negotiate(accept) == content_type
 
 
 def _scrape(url: str, accept: str) -> tuple[str, str]:
