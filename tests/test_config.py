@@ -9,6 +9,7 @@ import pytest
 
 from tcplife_exporter.config import ConfigError, ExporterConfig, load_config, parse_config
 from tcplife_exporter.exporter import same_series
+from tcplife_exporter.native import NativeSettings
 
 from .helpers.exporting import EXPORTER
 from .helpers.tracing import REPO
@@ -36,6 +37,8 @@ remote_networks:
   office: [192.0.2.0/24, "2001:db8::/32"]
 filters: {family: ipv6, local_ports: [80], remote_ports: [5432], pid: 42}
 limits: {max_label_sets: 7, max_open_sessions: 100}
+histograms: both
+native: {schema: -2, max_buckets: 40}
 """, "full.yaml")
     assert config.duration_bounds == (0.5, 2)
     assert config.bytes_bounds == (10, 20)
@@ -50,6 +53,16 @@ limits: {max_label_sets: 7, max_open_sessions: 100}
     assert config.filter.family == 6 and config.filter.pid == 42
     assert config.filter.local_ports == {80} and config.filter.remote_ports == {5432}
     assert (config.max_label_sets, config.max_open_sessions) == (7, 100)
+    assert config.histograms == "both" and config.classic
+    assert config.native_settings() == NativeSettings(schema=-2, max_buckets=40)
+
+
+@pytest.mark.parametrize("kind, classic, native", [
+    ("classic", True, False), ("native", False, True), ("both", True, True)])
+def test_histograms_choose_classic_native_or_both(kind, classic, native):
+    config = parse_config(f"histograms: {kind}\nnative: {{schema: 5}}\n", "h.yaml")
+    assert config.classic is classic
+    assert config.native_settings() == (NativeSettings(schema=5) if native else None)
 
 
 BAD = [
@@ -77,6 +90,10 @@ BAD = [
     ("remote_networks: {other: [10.0.0.0/8]}\n", "the name 'other' is reserved"),
     ("filters: {family: ipv5}\n", "filters.family: must be one of any, ipv4, ipv6"),
     ("limits: {max_label_sets: 0}\n", "limits.max_label_sets: must be an integer from 1"),
+    ("histograms: sparse\n", "histograms: must be one of classic, native, both, not 'sparse'"),
+    ("native: {schema: 9}\n", "native.schema: must be an integer from -4 to 8, got 9"),
+    ("native: {max_buckets: 1025}\n", "native.max_buckets: must be an integer from 1 to 1024"),
+    ("native: {zero_threshold: 1}\n", "native.zero_threshold: unknown key"),
     ("labels: {comm: 1}\n", "labels.comm: must be true or false, got 1"),
     ("labels: {cgroup_depth: 65}\n", "labels.cgroup_depth: must be an integer from 0 to 64"),
     ("labels: {cgroup_rewrite: [{match: '(x'}]}\n", "labels.cgroup_rewrite[0]: needs 'replace'"),

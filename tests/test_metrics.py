@@ -8,6 +8,7 @@ from collections import Counter
 from tcplife_exporter.config import ExporterConfig, parse_config
 from tcplife_exporter.folding import LabelRules, Series
 from tcplife_exporter.metrics import session_families
+from tcplife_exporter.native import HISTOGRAMS, NativeBuckets, NativeSettings, window
 from tcplife_exporter.session_table import OpenLabels
 
 from .helpers.tracing import REPO
@@ -24,7 +25,7 @@ def series(**values) -> Series:
     defaults = dict(direction="inbound", family=4, port=443, network=1, comm=b"",
                     cgroup=None, overflow=False, failed_handshakes=0, duration_sum_ns=0, sent_sum=0,
                     received_sum=0, created_ns=0, duration=[0, 0, 0], sent=[0, 0, 0],
-                    received=[0, 0, 0])
+                    received=[0, 0, 0], native=None)
     return Series(**{**defaults, **values})
 
 
@@ -140,3 +141,31 @@ def test_cgroups_rewritten_alike_merge_and_unknown_ones_are_named():
     assert counted("unknown") == 1
     assert found[(count, labels(cgroup="overflow", direction="inbound", family="ipv4",
                                 port="overflow", remote_network="overflow"))] == 1
+
+
+def test_native_buckets_of_label_sets_that_render_the_same_are_added():
+    """Two kernel label sets with one rendering (process names) give one native
+    histogram, bucket by bucket; listed ports are native at zero in advance."""
+    settings = NativeSettings(schema=3, max_buckets=4)
+    config = ExporterConfig(duration_bounds=(0.1, 1.0), bytes_bounds=(0, 100),
+                            comm_label=True, histograms="both", native=settings)
+    rules = LabelRules(frozenset(), True, 64, (32768, 60999), ())
+
+    def native(zero: int, counts: list[int]) -> dict[str, NativeBuckets]:
+        return {h: NativeBuckets(window(h, settings), zero, list(counts)) for h in HISTOGRAMS}
+
+    two = [series(comm=b"a\xff", network=0, duration=[1, 0, 0], native=native(1, [0, 2, 0, 0])),
+           series(comm=b"a\\xff", network=0, duration=[0, 1, 0], native=native(0, [1, 1, 0, 0]))]
+    families = session_families(config, rules, two, Counter(), {}, LOADED_NS)
+    sent = next(f for f in families if f.name == "tcplife_session_sent_bytes")
+    (key,) = sent.native
+    assert key == ("inbound", "443", "ipv4", "a\\xff")
+    assert (sent.native[key].zero_count, sent.native[key].counts) == (1, [1, 3, 0, 0])
+    assert two[0].native["sent"].counts == [0, 2, 0, 0]  # the kernel's values untouched
+
+    listed = ExporterConfig(labelled_ports=frozenset({443}), histograms="native",
+                            native=settings)
+    families = session_families(listed, RULES, [], Counter(), {}, LOADED_NS)
+    duration = next(f for f in families if f.name == "tcplife_session_duration_seconds")
+    assert len(duration.native) == 8 and not duration.classic
+    assert all(b.counts == [0] * 4 and b.zero_count == 0 for b in duration.native.values())

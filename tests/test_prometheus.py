@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import os
+import random
 import socket
 import threading
 import time
@@ -120,3 +123,61 @@ def test_scrapes_reuse_one_connection(tmp_path):
         assert not [r for r in prometheus.query(f"{own} > 0")], prometheus.query(own)
         assert total(exporter.scrape(), "tcplife_session_duration_seconds_count",
                      port=str(exporter.port)) == 0
+
+
+def exact_bucket(value: float, schema: int) -> tuple[float, float]:
+    """The native bucket (lower, upper] holding ``value``."""
+    index = math.ceil(math.log2(value) * 2**schema)
+    while value > 2 ** (index / 2**schema):  # float log2 may land one bucket low
+        index += 1
+    while value <= 2 ** ((index - 1) / 2**schema):
+        index -= 1
+    return 2 ** ((index - 1) / 2**schema), 2 ** (index / 2**schema)
+
+
+def test_native_percentiles_within_a_bucket_and_exact_counts_and_sums(tmp_path):
+    """Prometheus with native histograms scrapes the protobuf format. Per port,
+    the median and p99 of the native histograms lie in the bucket of the true
+    value (schema 3: a factor 2^(1/8)); counts and byte sums are exact; 1 KiB,
+    on a boundary, ends its bucket."""
+    spread, kib = free_port(socket.AF_INET6), free_port(socket.AF_INET6)
+    schema = 3
+    config = (f"histograms: native\nnative: {{schema: {schema}}}\n"
+              f"ports: {{labelled: [{spread}, {kib}], auto: false}}\n"
+              f"filters: {{family: ipv6, pid: {os.getpid()}}}\n")
+    sizes = [round(100 * 1.17**k) for k in range(60)]  # 100 B to 1.1 MB
+    holds = [0.002 * 1.07**k for k in range(60)]  # 2 ms to 108 ms
+    random.Random(7).shuffle(holds)
+    windows = []  # each session's lifespan lies in [hold, its window]
+    with ExporterProcess(config, workdir=tmp_path) as exporter, \
+            PrometheusServer(tmp_path, [f"127.0.0.1:{exporter.port}"],
+                             features=("native-histograms",)) as prometheus:
+        for size, hold in zip(sizes, holds):
+            started = time.monotonic()
+            run_load(Load(port=spread, client_sends=size, hold_s=hold, server_addr="::1"))
+            windows.append(time.monotonic() - started)
+        run_load(Load(port=kib, count=7, client_sends=1024, server_addr="::1"))
+
+        def one(promql: str) -> float:
+            (result,) = prometheus.wait_for(promql)
+            return float(result["value"][1])
+
+        out = f'direction="outbound",port="{spread}"'
+        sent = f"tcplife_session_sent_bytes{{{out}}}"
+        duration = f"tcplife_session_duration_seconds{{{out}}}"
+        assert one(f"histogram_count({sent}) == 60") == 60, prometheus.log()
+        assert one(f"histogram_sum({sent})") == sum(sizes)
+        assert one(f"histogram_count({duration})") == 60
+        for q in (0.5, 0.99):
+            rank = math.ceil(q * 60) - 1  # the observation Prometheus's rank lands on
+            lower, upper = exact_bucket(sorted(sizes)[rank], schema)
+            assert lower < one(f"histogram_quantile({q}, {sent})") <= upper
+            # The true lifespan is unknown, but lies between the hold and the window.
+            lowest = exact_bucket(sorted(holds)[rank], schema)[0]
+            highest = exact_bucket(sorted(windows)[rank], schema)[1]
+            assert lowest < one(f"histogram_quantile({q}, {duration})") <= highest
+        kib_sent = f'tcplife_session_sent_bytes{{direction="outbound",port="{kib}"}}'
+        assert one(f"histogram_quantile(1, {kib_sent})") == 1024
+        assert one(f"histogram_fraction(0, 1024, {kib_sent})") == 1
+        # Classic series are not there: the exporter sent native histograms only.
+        assert not prometheus.query(f'tcplife_session_sent_bytes_bucket{{port="{kib}"}}')

@@ -26,7 +26,7 @@ from tcplife_exporter import web
 from tcplife_exporter.exposition import OPENMETRICS, TEXT
 from tcplife_exporter.protobuf import PROTOBUF
 
-from .helpers.exporting import EXPORTER, ExporterProcess, parse_samples
+from .helpers.exporting import EXPORTER, PROTOBUF_ACCEPT, ExporterProcess, parse_samples
 from .helpers.tracing import REPO
 
 
@@ -341,16 +341,9 @@ PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,"
                      "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
 
 
-# What it sends with --enable-feature=native-histograms (acceptHeaderWithProtobuf).
-PROMETHEUS_ACCEPT_PROTOBUF = (
-    "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;"
-    "encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,"
-    "application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
-
-
 @pytest.mark.parametrize("accept, content_type", [
     (PROMETHEUS_ACCEPT, OPENMETRICS),
-    (PROMETHEUS_ACCEPT_PROTOBUF, PROTOBUF),
+    (PROTOBUF_ACCEPT, PROTOBUF),
     ("application/openmetrics-text", OPENMETRICS),
     ("text/plain;version=0.0.4;q=0.5, application/openmetrics-text; version=1.0.0; q=0.9",
      OPENMETRICS),

@@ -10,12 +10,20 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from .protobuf_reader import Message, families
 from .tracing import ToolProcess
 from .traffic import free_port
 
 EXPORTER = (sys.executable, "-m", "tcplife_exporter.exporter_cli")
 
 Samples = dict[tuple[str, frozenset], float]
+
+
+# What Prometheus 2.42 sends with --enable-feature=native-histograms.
+PROTOBUF_ACCEPT = (
+    "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;"
+    "encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,"
+    "application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
 
 
 class ExporterProcess(ToolProcess):
@@ -45,6 +53,14 @@ class ExporterProcess(ToolProcess):
 
     def scrape(self) -> Samples:
         return parse_samples(self.scrape_text())
+
+    def scrape_protobuf(self) -> dict[str, Message]:
+        """The families of a scrape in the protobuf format, as Prometheus with
+        native histograms asks for it."""
+        request = urllib.request.Request(self.url, headers={"Accept": PROTOBUF_ACCEPT})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.headers["Content-Type"].startswith("application/vnd.google.protobuf")
+            return families(response.read())
 
     def wait_until(self, predicate: Callable[[Samples], bool], timeout: float = 10) -> Samples:
         """A scrape for which ``predicate`` holds, or the last one at the timeout."""

@@ -16,7 +16,8 @@ class PrometheusServer:
     """Scrapes the given targets (every second by default) into a throwaway TSDB."""
 
     def __init__(self, workdir: Path, targets: list[str], job: str = "tcplife",
-                 interval_s: int = 1) -> None:
+                 interval_s: int = 1, features: tuple[str, ...] = ()) -> None:
+        """``features``: for --enable-feature, e.g. native-histograms."""
         self.port = free_port()
         self.workdir = workdir
         config = workdir / "prometheus.yml"
@@ -27,7 +28,8 @@ class PrometheusServer:
         )
         self.argv = ["prometheus", f"--config.file={config}",
                      f"--storage.tsdb.path={workdir / 'tsdb'}",
-                     f"--web.listen-address=127.0.0.1:{self.port}"]
+                     f"--web.listen-address=127.0.0.1:{self.port}",
+                     *(f"--enable-feature={feature}" for feature in features)]
 
     def __enter__(self) -> PrometheusServer:
         self._log = open(self.workdir / "prometheus.log", "w")  # closed in __exit__
