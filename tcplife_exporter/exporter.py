@@ -33,8 +33,10 @@ from .folding import (
     fill_maps,
     fold_rodata,
     map_sizes,
+    preallocated_maps,
     value_sizes,
 )
+from .libbpf import num_possible_cpus
 from .metrics import session_families
 from .program import ProgramStats, SessionProgram
 from .records import no_records
@@ -93,10 +95,16 @@ class _Loaded:
         self.open_sessions: OpenSessions | None = None
         try:
             records_rodata, records_size = no_records()
+            sizes = value_sizes(program.btf, config)
+            if preallocated_maps(config):
+                entries, cpus = map_sizes(config)["series"], num_possible_cpus()
+                log.info("native histograms: %d label sets of %d bytes on %d CPUs take "
+                         "%.1f MiB of kernel memory, allocated now", entries,
+                         sizes["series"], cpus, entries * sizes["series"] * cpus / 2**20)
             program.configure(
                 {**config.filter.rodata(), **records_rodata,
                  **fold_rodata(config, rules, rules_id)},
-                {**records_size, **map_sizes(config)}, value_sizes(program.btf, config))
+                {**records_size, **map_sizes(config)}, sizes, preallocated_maps(config))
             if replacing is not None and program.take_table_of(replacing.program) \
                     and replacing.rules == rules:
                 program.share_maps(replacing.program, (AUTO_PORTS_MAP,))  # labels mean the same

@@ -131,6 +131,17 @@ def value_sizes(btf: Btf, config: ExporterConfig) -> dict[str, int]:
     return {"series": size, "empty_series": size}
 
 
+def preallocated_maps(config: ExporterConfig) -> tuple[str, ...]:
+    """With native histograms, the label sets' entries exist from the start.
+    Otherwise each is allocated at its first session, per CPU, in atomic context,
+    from a free list the kernel keeps at 1 to 3 entries and refills without
+    sleeping (kernel/bpf/memalloc.c): an entry of kilobytes then fails to come,
+    now and then, under per-CPU memory pressure (-ENOMEM, its sessions counted
+    in map_insert_failures{map="series"}; seen with 8.5 KiB values while other
+    exporters ran)."""
+    return ("series",) if config.native_settings() else ()
+
+
 def network_key(layout: StructLayout, cidr: IPNetwork) -> bytes:
     """IPv4 networks go into the IPv6 trie as ::ffff:a.b.c.d/(96 + length)."""
     if cidr.version == 4:

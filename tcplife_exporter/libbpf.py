@@ -58,6 +58,8 @@ _PROTOTYPES: list[tuple[str, object, list[object]]] = [
     ("bpf_map__fd", c_int, [c_void_p]),
     ("bpf_map__set_max_entries", c_int, [c_void_p, c_uint32]),
     ("bpf_map__set_value_size", c_int, [c_void_p, c_uint32]),
+    ("bpf_map__map_flags", c_uint32, [c_void_p]),
+    ("bpf_map__set_map_flags", c_int, [c_void_p, c_uint32]),
     ("bpf_map__value_size", c_uint32, [c_void_p]),
     ("bpf_map__key_size", c_uint32, [c_void_p]),
     ("bpf_map__type", c_int, [c_void_p]),
@@ -185,6 +187,7 @@ def _load() -> ctypes.CDLL:
 
 # BPF_MAP_TYPE_PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH (include/uapi/linux/bpf.h).
 _PERCPU_MAP_TYPES = {5, 6, 10}
+BPF_F_NO_PREALLOC = 1
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -282,6 +285,14 @@ class BpfObject:
         if err:
             raise TcplifeError(f"cannot size the values of map {map_name} to {size} bytes: "
                                f"{errno_text(err)}")
+
+    def preallocate(self, map_name: str) -> None:
+        """Before load: a hash map whose entries all exist from its creation."""
+        found = self._map(map_name)
+        flags = self._lib.bpf_map__map_flags(found) & ~BPF_F_NO_PREALLOC
+        err = self._lib.bpf_map__set_map_flags(found, flags)
+        if err:
+            raise TcplifeError(f"cannot preallocate map {map_name}: {errno_text(err)}")
 
     def map_fd(self, map_name: str) -> int:
         fd = self._lib.bpf_map__fd(self._map(map_name))

@@ -139,10 +139,9 @@ class NativeBuckets:
         spans: list[tuple[int, int]] = []
         deltas: list[int] = []
         previous_count, end = 0, None  # end: index after the last bucket written
-        for position, count in enumerate(self.counts):
-            if not count:
-                continue
-            index = self.window.low + position
+        counts = self.counts
+        for position in [p for p, count in enumerate(counts) if count]:  # few of many
+            count, index = counts[position], self.window.low + position
             if end is not None and index - end <= 2:
                 for _ in range(index - end):  # fill the gap with empty buckets
                     deltas.append(-previous_count)

@@ -61,9 +61,11 @@ class SessionProgram:
             raise
 
     def configure(self, rodata: dict[str, int | bytes], map_sizes: dict[str, int],
-                  value_sizes: dict[str, int] | None = None) -> None:
+                  value_sizes: dict[str, int] | None = None,
+                  preallocated: tuple[str, ...] = ()) -> None:
         """Before load: the settings of every part, and the maps' sizes (entries;
-        bytes per value where that is not the value type's)."""
+        bytes per value where that is not the value type's; hash maps whose
+        entries are all allocated at creation)."""
         rodata = {**rodata, "session_slot_mask": session_table.slots_for(self.max_sessions) - 1}
         data = self.obj.internal_map_data(".rodata")
         variables = self.btf.section_variables(".rodata")
@@ -81,6 +83,8 @@ class SessionProgram:
             self.obj.set_max_entries(name, entries)
         for name, size in (value_sizes or {}).items():
             self.obj.set_value_size(name, size)
+        for name in preallocated:
+            self.obj.preallocate(name)
 
     def share_maps(self, other: SessionProgram, names: tuple[str, ...]) -> None:
         """Before load: use ``other``'s maps of these names instead of new ones."""

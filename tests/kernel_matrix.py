@@ -63,6 +63,10 @@ CHECKS = (
         "tests/test_exporter.py::test_counts_sums_and_buckets_are_exact",
         "tests/test_exporter.py::test_ipv6_sessions_get_their_family",
         "tests/test_exporter.py::test_sessions_open_gauge_and_failed_handshakes")),
+    Check("native histograms: index exact, folding exact", (
+        "tests/test_native.py::test_kernel_index_is_the_exact_formula",
+        "tests/test_native.py::"
+        "test_exporter_folds_native_buckets_exactly_and_counts_what_passes_the_window")),
     Check("concurrent churns: none lost, no loss counted", (
         "tests/test_sessions.py::test_concurrent_churns_are_printed_exactly",), stress=(
         "bench/stress.py", "--trials", "4", "--listeners", "4", "--sessions", "250")),
