@@ -19,7 +19,8 @@ Contenders: the do-nothing programs where the tools attach (a sock_ops program
 asking for the same callbacks as tcplife-exporter: its floor; a tracepoint
 program: bpftrace's); bpftrace keeping a lifespan histogram only
 (bench/lifespan.bt, the cheapest useful peer); tcplife-exporter with the default
-config, not scraped; tcplife printing every session to a file in RAM.
+config, not scraped, and with native histograms (`histograms: native`); tcplife
+printing every session to a file in RAM.
 
 Run as root from the repository: `make bench-cost` (or `.venv/bin/python bench/cost.py`).
 """
@@ -167,8 +168,8 @@ def bpftrace() -> Iterator[subprocess.Popen]:
 
 
 @contextlib.contextmanager
-def tcplife_exporter(checkout: Path | None = None) -> Iterator[subprocess.Popen]:
-    with exporter("", checkout) as (tool, _url):  # the default config
+def tcplife_exporter(checkout: Path | None = None, config: str = "") -> Iterator[subprocess.Popen]:
+    with exporter(config, checkout) as (tool, _url):  # "": the default config
         yield tool
 
 
@@ -184,6 +185,7 @@ FLOOR = "do-nothing sock_ops (floor)"
 TRACEPOINT = "do-nothing tracepoint"
 BPFTRACE = "bpftrace lifespan hist"
 EXPORTER = "tcplife-exporter"
+NATIVE = "tcplife-exporter, native"  # histograms: native (default schema and window)
 TCPLIFE_ROW = "tcplife > file in RAM"
 BEFORE = "tcplife-exporter before"  # --compare: another checkout's, side by side
 CONTENDERS: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
@@ -191,6 +193,7 @@ CONTENDERS: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
     TRACEPOINT: lambda: noop("--tracepoint"),
     BPFTRACE: bpftrace,
     EXPORTER: tcplife_exporter,
+    NATIVE: lambda: tcplife_exporter(config="histograms: native\n"),
     TCPLIFE_ROW: tcplife,
 }
 
