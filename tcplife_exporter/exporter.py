@@ -38,6 +38,7 @@ from .folding import (
 )
 from .libbpf import num_possible_cpus
 from .metrics import session_families
+from .native import window
 from .program import ProgramStats, SessionProgram
 from .records import no_records
 from .session_table import OpenSessions
@@ -96,11 +97,14 @@ class _Loaded:
         try:
             records_rodata, records_size = no_records()
             sizes = value_sizes(program.btf, config)
-            if preallocated_maps(config):
+            native = config.native_settings()
+            if native:
                 entries, cpus = map_sizes(config)["series"], num_possible_cpus()
-                log.info("native histograms: %d label sets of %d bytes on %d CPUs take "
-                         "%.1f MiB of kernel memory, allocated now", entries,
-                         sizes["series"], cpus, entries * sizes["series"] * cpus / 2**20)
+                log.info("native histograms: buckets up to %g s and %g bytes; %d label sets "
+                         "of %d bytes on %d CPUs take %.1f MiB of kernel memory, allocated "
+                         "now", window("duration", native).upper(),
+                         window("sent", native).upper(), entries, sizes["series"], cpus,
+                         entries * sizes["series"] * cpus / 2**20)
             program.configure(
                 {**config.filter.rodata(), **records_rodata,
                  **fold_rodata(config, rules, rules_id)},
