@@ -121,9 +121,12 @@ def program_stats(ids: set[int]) -> dict[str, tuple[int, int]]:
             for p in shown if p["id"] in ids}
 
 
-def scrape(url: str) -> tuple[float, bytes]:
+def scrape(url: str, headers: dict[str, str] | None = None) -> tuple[float, bytes]:
+    """Seconds and body of one GET; ``headers`` choose the format (Accept) or ask for
+    gzip (Accept-Encoding: the body then stays compressed, as it travelled)."""
+    request = urllib.request.Request(url, headers=headers or {})
     start = time.perf_counter()
-    with urllib.request.urlopen(url, timeout=10) as response:
+    with urllib.request.urlopen(request, timeout=10) as response:
         body = response.read()
     return time.perf_counter() - start, body
 
