@@ -98,3 +98,18 @@ def test_a_short_cost_run_measures_every_contender(tmp_path):
     # With bpf_stats: every contender's programs ran at least once per session.
     times = runs["program_times"]
     assert len(times) == 5 and all(t["runs"] >= t["sessions"] == 5000 for t in times), times
+
+
+def test_scrape_size_bench_folds_every_session_in_each_mode(tmp_path):
+    """bench/scrape_size.py at 100 label sets, with a real Prometheus: it exits 1
+    on any session not folded (native histograms lost some to allocation
+    failures of new per-CPU entries before they were preallocated) or any
+    native histogram whose buckets do not add up to its count."""
+    report = tmp_path / "scrape_size.json"
+    done = subprocess.run([sys.executable, "bench/scrape_size.py", "--ports", "25",
+                           "--scrapes", "3", "--json", str(report)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(report.read_text())
+    assert {row["histograms"] for row in rows} == {"classic", "native", "both"}
+    assert all(row["tally"]["folded"] == row["made"] == 25 * 4 * 12 for row in rows)
