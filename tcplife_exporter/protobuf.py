@@ -8,6 +8,7 @@ the proto definition: the few message types the exporter's families need.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Iterable
 
@@ -22,7 +23,12 @@ PROTOBUF = ("application/vnd.google.protobuf; proto=io.prometheus.client.MetricF
 _COUNTER, _GAUGE, _HISTOGRAM = 0, 1, 4  # enum MetricType
 
 
+_ONE_BYTE = [bytes([value]) for value in range(0x80)]  # most keys, counts and lengths
+
+
 def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _ONE_BYTE[value]
     out = bytearray()
     while value > 0x7F:
         out.append(value & 0x7F | 0x80)
@@ -31,21 +37,26 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+@functools.cache
+def _key(field: int, wire: int) -> bytes:
+    return _varint(field << 3 | wire)
+
+
 def _zigzag(value: int) -> int:
     """sint32 and sint64: small magnitudes of either sign take few bytes."""
     return value << 1 if value >= 0 else (-value << 1) - 1
 
 
 def _int(field: int, value: int) -> bytes:
-    return _varint(field << 3) + _varint(value)
+    return _key(field, 0) + _varint(value)
 
 
 def _double(field: int, value: float) -> bytes:
-    return _varint(field << 3 | 1) + struct.pack("<d", value)
+    return _key(field, 1) + struct.pack("<d", value)
 
 
 def _message(field: int, body: bytes) -> bytes:
-    return _varint(field << 3 | 2) + _varint(len(body)) + body
+    return _key(field, 2) + _varint(len(body)) + body
 
 
 def _text(field: int, value: str) -> bytes:
