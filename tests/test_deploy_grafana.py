@@ -1,5 +1,7 @@
-"""The Grafana dashboard in deploy/grafana: well formed, and every query it makes answers
-with data from a real Prometheus server scraping the exporter during real traffic."""
+"""The Grafana dashboards in deploy/grafana: well formed, and every query they make answers
+with data from a real Prometheus server scraping the exporter during real traffic. Each
+test runs for both: the classic one against classic histograms, the native one against
+native histograms (the exporter with `histograms: native`, Prometheus with them on)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import threading
 import time
 import urllib.error
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Union
 
 import pytest
@@ -23,7 +27,7 @@ from .helpers.prometheus_server import PrometheusServer
 from .helpers.tracing import REPO
 from .helpers.traffic import Load, free_port, refused_connects, run_load
 
-DASHBOARD_PATH = REPO / "deploy" / "grafana" / "tcplife-exporter.json"
+GRAFANA = REPO / "deploy" / "grafana"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 JOB = "tcplife-dashboard"
 # What Grafana puts in place of its own variables. $__rate_interval is at least four
@@ -39,8 +43,31 @@ ALL = "$__all"
 Selection = dict[str, Union[str, list[str]]]
 
 
-def load_dashboard() -> dict[str, Any]:
-    return json.loads(DASHBOARD_PATH.read_text())
+@dataclass(frozen=True)
+class Variant:
+    """A dashboard, and the histograms it reads."""
+
+    path: Path
+    histograms: str  # the exporter's `histograms` setting
+    features: tuple[str, ...]  # Prometheus's --enable-feature
+    sessions: str  # PromQL: sessions closed so far, for a selector put in {}
+
+    @property
+    def native(self) -> bool:
+        return self.histograms != "classic"
+
+
+VARIANTS = [
+    Variant(GRAFANA / "tcplife-exporter.json", "classic", (),
+            "sum(tcplife_session_duration_seconds_count{{{}}})"),
+    Variant(GRAFANA / "tcplife-exporter-native.json", "native", ("native-histograms",),
+            "sum(histogram_count(tcplife_session_duration_seconds{{{}}}))"),
+]
+by_variant = pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.histograms)
+
+
+def load_dashboard(variant: Variant) -> dict[str, Any]:
+    return json.loads(variant.path.read_text())
 
 
 def all_panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -50,8 +77,9 @@ def all_panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from panel.get("panels", [])
 
 
-def targets(dashboard: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    return [(panel["title"], target) for panel in all_panels(dashboard)
+def targets(dashboard: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(panel, target) for every query."""
+    return [(panel, target) for panel in all_panels(dashboard)
             for target in panel.get("targets", [])]
 
 
@@ -96,8 +124,15 @@ def interpolate(text: str, template: dict[str, dict[str, Any]], chosen: Selectio
 # ---------------------------------------------------------------- structure
 
 
-def test_dashboard_is_well_formed():
-    dashboard = load_dashboard()
+def test_the_dashboards_exist():
+    # Each is its own dashboard for Grafana: importing one does not replace the other.
+    uids = [load_dashboard(variant)["uid"] for variant in VARIANTS]
+    assert len(set(uids)) == len(VARIANTS), uids
+
+
+@by_variant
+def test_dashboard_is_well_formed(variant):
+    dashboard = load_dashboard(variant)
     assert dashboard["schemaVersion"] >= 36, "Grafana 10 writes schema 37 and later"
     assert dashboard["uid"] and dashboard.get("id") is None, "an importable dashboard has no id"
     panels = list(all_panels(dashboard))
@@ -126,12 +161,13 @@ def test_dashboard_is_well_formed():
                 cells.add((x, y))
 
 
-def test_every_variable_used_is_defined():
-    dashboard = load_dashboard()
+@by_variant
+def test_every_variable_used_is_defined(variant):
+    dashboard = load_dashboard(variant)
     template = variables(dashboard)
     assert template["datasource"]["type"] == "datasource"
     assert template["datasource"]["query"] == "prometheus"
-    texts = [target["expr"] for _title, target in targets(dashboard)]
+    texts = [target["expr"] for _panel, target in targets(dashboard)]
     texts += [panel["title"] for panel in all_panels(dashboard)]
     texts += [variable_query(var) for var in template.values() if var["type"] == "query"]
     for text in texts:
@@ -146,13 +182,19 @@ def test_every_variable_used_is_defined():
             assert var.get("allValue") == ".*", name
 
 
-def test_threshold_options_are_duration_bucket_bounds():
-    template = variables(load_dashboard())
+@by_variant
+def test_threshold_options_are_duration_bucket_bounds(variant):
+    template = variables(load_dashboard(variant))
     threshold = template["threshold"]
-    # The `le` label values as the exporter writes them (prometheus_client's format).
-    le_values = {floatToGoString(bound) for bound in DEFAULT_DURATION_BOUNDS}
     options = [option["value"] for option in threshold["options"]]
-    assert options and set(options) <= le_values, sorted(set(options) - le_values)
+    assert options
+    if variant.native:
+        # histogram_fraction() takes any bound: a number of seconds.
+        assert all(float(option) > 0 for option in options), options
+    else:
+        # The `le` label values as the exporter writes them (prometheus_client's format).
+        le_values = {floatToGoString(bound) for bound in DEFAULT_DURATION_BOUNDS}
+        assert set(options) <= le_values, sorted(set(options) - le_values)
     # The options Grafana shows come from the query: both must say the same.
     from_query = [pair.split(" : ")[-1].strip() for pair in threshold["query"].split(",")]
     assert from_query == options
@@ -181,17 +223,19 @@ def _instant(prometheus: PrometheusServer, promql: str) -> tuple[list[dict] | No
         return None, str(err)
 
 
-@pytest.fixture(scope="module")
-def scraped(tmp_path_factory):
-    """A Prometheus server that scraped the exporter while IPv4 sessions of a few
-    lifespans and sizes ran on two labelled ports, from this process's cgroup (the
-    cgroup label is on); yields (server, instance, ports)."""
-    workdir = tmp_path_factory.mktemp("grafana")
+@pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: v.histograms)
+def scraped(request, tmp_path_factory):
+    """A Prometheus server that scraped the exporter (with the variant's histograms)
+    while IPv4 sessions of a few lifespans and sizes ran on two labelled ports, from this
+    process's cgroup (the cgroup label is on); yields (server, instance, ports, variant)."""
+    variant: Variant = request.param
+    workdir = tmp_path_factory.mktemp(f"grafana-{variant.histograms}")
     quick, slow = free_port(), free_port()
     while slow == quick:
         slow = free_port()
     config = (f"ports: {{labelled: [{quick}, {slow}], auto: false}}\n"
-              "filters: {family: ipv4}\nlabels: {cgroup: true}\n")
+              "filters: {family: ipv4}\nlabels: {cgroup: true}\n"
+              f"histograms: {variant.histograms}\n")
     loads = {
         quick: [Load(port=quick, count=50, client_sends=300, server_sends=5000),
                 Load(port=quick, count=15, client_sends=40, server_sends=70000, hold_s=0.01)],
@@ -199,7 +243,8 @@ def scraped(tmp_path_factory):
     }
     rounds = 3
     with ExporterProcess(config, workdir=workdir) as exporter, \
-            PrometheusServer(workdir, [f"127.0.0.1:{exporter.port}"], job=JOB) as prometheus:
+            PrometheusServer(workdir, [f"127.0.0.1:{exporter.port}"], job=JOB,
+                             features=variant.features) as prometheus:
         instance = f"127.0.0.1:{exporter.port}"
         up = prometheus.wait_for(f'up{{job="{JOB}"}} == 1')
         assert up, prometheus.log()
@@ -216,17 +261,16 @@ def scraped(tmp_path_factory):
         for port, port_loads in loads.items():
             sessions = 2 * rounds * sum(load.count for load in port_loads)
             counted = prometheus.wait_for(
-                f'sum(tcplife_session_duration_seconds_count{{job="{JOB}", port="{port}"}})'
-                f" == {sessions}")
+                variant.sessions.format(f'job="{JOB}", port="{port}"') + f" == {sessions}")
             assert counted, (port, sessions, prometheus.log())
         time.sleep(2.5)
-        yield prometheus, instance, (str(quick), str(slow))
+        yield prometheus, instance, (str(quick), str(slow)), variant
 
 
 @pytest.mark.bpf
 def test_every_panel_query_has_data(scraped):
-    prometheus, instance, (quick, slow) = scraped
-    dashboard = load_dashboard()
+    prometheus, instance, (quick, slow), variant = scraped
+    dashboard = load_dashboard(variant)
     template = variables(dashboard)
     thresholds = [option["value"] for option in template["threshold"]["options"]]
     # Everything ("All"), two values of each, and one value of each.
@@ -238,7 +282,7 @@ def test_every_panel_query_has_data(scraped):
          "cgroup": [own_cgroup()]},
     ]
     failures, queries = [], 0
-    for title, target in targets(dashboard):
+    for panel, target in targets(dashboard):
         for chosen in selections:
             # Every threshold option where the query uses it, the default elsewhere.
             options = thresholds if "threshold" in names_used(target["expr"]) else [
@@ -247,14 +291,40 @@ def test_every_panel_query_has_data(scraped):
                 promql = interpolate(target["expr"], template, {**chosen, "threshold": threshold})
                 queries += 1
                 result, error = _instant(prometheus, promql)
-                where = f"{title} [{target['refId']}] {chosen}: {promql}"
+                where = f"{panel['title']} [{target['refId']}] {chosen}: {promql}"
                 if result is None:
                     failures.append(f"{where}\n  error: {error}")
-                elif not any(math.isfinite(float(r["value"][1])) for r in result):
+                elif not any(math.isfinite(_count(r)) for r in result):
                     failures.append(f"{where}\n  no data (empty, or only NaN): {result}")
                 else:
                     failures += _outside_selection(where, result, chosen)
+                    failures += _drawable(where, result, panel, variant)
     assert not failures, f"{len(failures)} of {queries} queries:\n" + "\n".join(failures)
+
+
+def _count(series: dict) -> float:
+    """A float sample's value; a native histogram's count."""
+    if "histogram" in series:
+        return float(series["histogram"][1]["count"])
+    return float(series["value"][1])
+
+
+def _drawable(where: str, result: list[dict], panel: dict, variant: Variant) -> list[str]:
+    """What the panel can draw: native histograms only in the native dashboard's heatmaps
+    (Grafana 10 makes them heatmap cells), buckets as `le` series in the classic ones', and
+    floats everywhere else."""
+    wrong = []
+    for series in result:
+        histogram = "histogram" in series
+        if panel["type"] != "heatmap":
+            ok = not histogram
+        elif variant.native:
+            ok = histogram and bool(series["histogram"][1].get("buckets"))
+        else:
+            ok = not histogram and "le" in series["metric"]
+        if not ok:
+            wrong.append(f"{where}\n  {panel['type']} panel cannot draw: {series}")
+    return wrong
 
 
 def _outside_selection(where: str, result: list[dict], chosen: Selection) -> list[str]:
@@ -271,8 +341,8 @@ def _outside_selection(where: str, result: list[dict], chosen: Selection) -> lis
 
 @pytest.mark.bpf
 def test_every_variable_query_has_values(scraped):
-    prometheus, instance, (quick, slow) = scraped
-    template = variables(load_dashboard())
+    prometheus, instance, (quick, slow), variant = scraped
+    template = variables(load_dashboard(variant))
     chosen: Selection = {"job": JOB, "instance": ALL}
     expected = {"job": {JOB}, "instance": {instance},
                 "direction": {"inbound", "outbound"}, "port": {quick, slow},

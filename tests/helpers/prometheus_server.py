@@ -7,29 +7,34 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from .traffic import free_port
 
 
 class PrometheusServer:
-    """Scrapes the given targets (every second by default) into a throwaway TSDB."""
+    """Scrapes the given targets (every second by default) into a throwaway TSDB,
+    evaluating ``rule_files`` at the same interval (a group's own interval aside);
+    ``features`` go to --enable-feature, e.g. ["native-histograms"]."""
 
     def __init__(self, workdir: Path, targets: list[str], job: str = "tcplife",
-                 interval_s: int = 1, features: tuple[str, ...] = ()) -> None:
-        """``features``: for --enable-feature, e.g. native-histograms."""
+                 interval_s: int = 1, features: Sequence[str] = (),
+                 rule_files: Sequence[Path] = ()) -> None:
         self.port = free_port()
         self.workdir = workdir
         config = workdir / "prometheus.yml"
         config.write_text(
             f"global: {{scrape_interval: {interval_s}s, evaluation_interval: {interval_s}s}}\n"
+            f"rule_files: {json.dumps([str(path) for path in rule_files])}\n"
             f"scrape_configs:\n  - job_name: {job}\n"
             f"    static_configs: [{{targets: {json.dumps(targets)}}}]\n"
         )
         self.argv = ["prometheus", f"--config.file={config}",
                      f"--storage.tsdb.path={workdir / 'tsdb'}",
-                     f"--web.listen-address=127.0.0.1:{self.port}",
-                     *(f"--enable-feature={feature}" for feature in features)]
+                     f"--web.listen-address=127.0.0.1:{self.port}"]
+        if features:
+            self.argv.append(f"--enable-feature={','.join(features)}")
 
     def __enter__(self) -> PrometheusServer:
         self._log = open(self.workdir / "prometheus.log", "w")  # closed in __exit__
