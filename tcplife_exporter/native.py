@@ -14,8 +14,8 @@ boundary or with the boundary's floor gives the same answer).
 
 Each label set keeps a window of ``max_buckets`` buckets per histogram,
 above a zero bucket: 1 byte and 2^-20 s (0.95 microseconds) lie in the
-window's first bucket. A value above the window's last bucket is counted there, and in a
-self-metric: its histogram's count and sum stay exact.
+window's first bucket. A value above the window's last bucket is counted
+there, and in a self-metric: its histogram's count and sum stay exact.
 """
 
 from __future__ import annotations
@@ -102,9 +102,9 @@ def native_rodata(settings: NativeSettings | None) -> dict[str, int | bytes]:
         lows.append(window(histogram, settings).low)
         # Padded with all ones: above every mantissa (bpf/native.h searches them all).
         tables.append(bounds + [(1 << 64) - 1] * (NATIVE_TABLE - len(bounds)))
-    unused = NATIVE_ROWS - len(HISTOGRAMS)
-    bases, lows, tables = bases + [0] * unused, lows + [0] * unused, tables + [[0]] * unused
-    tables = [t + [0] * (NATIVE_TABLE - len(t)) for t in tables]
+    unused = NATIVE_ROWS - len(HISTOGRAMS)  # rows only there for the kernel's index mask
+    bases, lows = bases + [0] * unused, lows + [0] * unused
+    tables += [[0] * NATIVE_TABLE] * unused
     return {
         "native_nbuckets": settings.max_buckets,
         "native_table_schema": table_schema,
