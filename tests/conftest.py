@@ -8,12 +8,15 @@ deployment files) run without privileges in seconds: ``pytest -m "not bpf"``.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
 
 from tcplife_exporter.btf import Btf
+from tcplife_exporter.cgroup import hierarchy_root
 from tcplife_exporter.libbpf import BpfObject
 from tcplife_exporter.program import bpf_object_path
 
@@ -59,3 +62,22 @@ def tcplife():
     """One `tcplife --json` for the module, reporting every session on the host."""
     with TcplifeProcess(["--json"]) as proc:
         yield proc
+
+
+@pytest.fixture
+def cgroups():
+    """make(name) creates a cgroup for this test below the hierarchy's root and
+    gives its directory; all are removed at the end (their processes have exited)."""
+    top = Path(hierarchy_root()) / f"tcplife-test-{uuid.uuid4().hex[:8]}"
+    top.mkdir()
+
+    def make(name: str) -> Path:
+        directory = top / name
+        directory.mkdir(parents=True)
+        return directory
+
+    yield make
+    for directory in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if directory.is_dir():
+            directory.rmdir()
+    top.rmdir()

@@ -5,7 +5,6 @@ exporter's cgroup label, rewritten by its rules."""
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import pytest
@@ -23,25 +22,6 @@ from .helpers.traffic import free_port
 pytestmark = pytest.mark.bpf
 
 DURATION = "tcplife_session_duration_seconds"
-
-
-@pytest.fixture
-def cgroups():
-    """make(name) creates a cgroup for this test below the hierarchy's root and
-    gives its directory; all are removed at the end (their processes have exited)."""
-    top = Path(hierarchy_root()) / f"tcplife-test-{uuid.uuid4().hex[:8]}"
-    top.mkdir()
-
-    def make(name: str) -> Path:
-        directory = top / name
-        directory.mkdir(parents=True)
-        return directory
-
-    yield make
-    for directory in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-        if directory.is_dir():
-            directory.rmdir()
-    top.rmdir()
 
 
 def shown(directory: Path) -> str:
