@@ -76,6 +76,20 @@ static __always_inline __u64 highest_bit(__u64 v)
  * all ones past the schema's 2^s bounds, so that a search over all
  * NATIVE_TABLE entries counts only those below the mantissa.
  */
+/*
+ * Entry i of row `row` of the tables. clang makes row + i an OR (their bits
+ * do not overlap), whose bounds 6.1's verifier loses ("math between map_value
+ * pointer and register with unbounded min value"); the barrier keeps the mask
+ * that bounds it again, which clang would otherwise drop as redundant.
+ */
+static __always_inline __u64 bound_at(__u64 row, __u64 i)
+{
+	__u64 at = row + i;
+
+	barrier_var(at);
+	return native_bounds[at & (NATIVE_ROWS * NATIVE_TABLE - 1)];
+}
+
 static __always_inline __s64 native_index(__u32 h, __u64 v)
 {
 	__u64 top = highest_bit(v), mantissa = v << (63 - top), below_count = 0;
@@ -83,9 +97,9 @@ static __always_inline __s64 native_index(__u32 h, __u64 v)
 	__s64 index;
 
 	for (__u64 step = NATIVE_TABLE / 2; step; step >>= 1)
-		below_count += below(native_bounds[row + ((below_count + step - 1) &
-							  (NATIVE_TABLE - 1))], mantissa) * step;
-	below_count += below(native_bounds[row + (below_count & (NATIVE_TABLE - 1))], mantissa);
+		below_count += below(bound_at(row, (below_count + step - 1) & (NATIVE_TABLE - 1)),
+				     mantissa) * step;
+	below_count += below(bound_at(row, below_count & (NATIVE_TABLE - 1)), mantissa);
 	index = ((__s64)top << native_table_schema) + native_base[h & (NATIVE_ROWS - 1)] +
 		below_count;
 	if (native_coarsen)	/* ceil(index / 2^coarsen), arithmetic shifts */
