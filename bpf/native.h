@@ -72,11 +72,6 @@ static __always_inline __u64 highest_bit(__u64 v)
 }
 
 /*
- * The bucket index of v > 0 units of histogram h. The table is padded with
- * all ones past the schema's 2^s bounds, so that a search over all
- * NATIVE_TABLE entries counts only those below the mantissa.
- */
-/*
  * Entry i of row `row` of the tables. clang makes row + i an OR (their bits
  * do not overlap), whose bounds 6.1's verifier loses ("math between map_value
  * pointer and register with unbounded min value"); the barrier keeps the mask
@@ -90,6 +85,11 @@ static __always_inline __u64 bound_at(__u64 row, __u64 i)
 	return native_bounds[at & (NATIVE_ROWS * NATIVE_TABLE - 1)];
 }
 
+/*
+ * The bucket index of v > 0 units of histogram h. The table is padded with
+ * all ones past the schema's 2^s bounds, so that a search over all
+ * NATIVE_TABLE entries counts only those below the mantissa.
+ */
 static __always_inline __s64 native_index(__u32 h, __u64 v)
 {
 	__u64 top = highest_bit(v), mantissa = v << (63 - top), below_count = 0;

@@ -38,7 +38,7 @@ from .folding import (
 )
 from .libbpf import num_possible_cpus
 from .metrics import session_families
-from .native import window
+from .native import HISTOGRAMS, window
 from .program import ProgramStats, SessionProgram
 from .records import no_records
 from .session_table import OpenSessions
@@ -78,7 +78,7 @@ KERNEL_COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
         "tcplife_exporter_native_bucket_limit_observations",
         "Observations above the last bucket of their native histogram's window "
         "(native.max_buckets): counted in that bucket; count and sum stay exact.",
-        {"histogram": histogram}) for histogram in ("duration", "sent", "received")},
+        {"histogram": histogram}) for histogram in HISTOGRAMS},
 }
 
 

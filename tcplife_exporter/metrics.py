@@ -59,8 +59,7 @@ class _Folded:
         self.received = self.received or [0] * (len(bytes_bounds(config)) + 1)
         native = config.native_settings()
         if native is not None and self.native is None:
-            self.native = {h: NativeBuckets(window(h, native), 0, [0] * native.max_buckets)
-                           for h in HISTOGRAMS}
+            self.native = {h: NativeBuckets.empty(window(h, native)) for h in HISTOGRAMS}
         self._created_at(created_ns)
 
     def _created_at(self, created_ns: int) -> None:
@@ -82,8 +81,7 @@ class _Folded:
         self.received = _add_lists(self.received, series.received)
         if series.native is not None:
             if self.native is None:
-                self.native = {h: NativeBuckets(b.window, 0, [0] * len(b.counts))
-                               for h, b in series.native.items()}
+                self.native = {h: NativeBuckets.empty(b.window) for h, b in series.native.items()}
             for histogram, buckets in series.native.items():
                 self.native[histogram].add(buckets)
 

@@ -128,6 +128,10 @@ class NativeBuckets:
     zero_count: int
     counts: list[int]
 
+    @classmethod
+    def empty(cls, window: Window) -> NativeBuckets:
+        return cls(window, 0, [0] * window.count)
+
     def add(self, other: NativeBuckets) -> None:
         self.zero_count += other.zero_count
         self.counts = [a + b for a, b in zip(self.counts, other.counts)]
