@@ -216,11 +216,16 @@ def native_rules(tmp_path_factory):
                 f'direction="{direction}"}}) == {sessions}')
             assert counted, (direction, sessions, prometheus.query(
                 f'tcplife_session_duration_seconds{{port="{port}"}}'), prometheus.log())
-        # The hour-long group runs once a minute: wait for a run that saw every session.
+        # The hour-long group runs once a minute: wait for a run that saw every session,
+        # i.e. one evaluated after the scrape that counted them all. (The share alone
+        # cannot tell: every round has the same mix, so a run between rounds has it too,
+        # and its session rate then lacked the later rounds: seen once in CI.)
+        counted_at = time.time()
         share = QUICK / (QUICK + HELD)
         for name in ("port_direction:tcplife_session_duration_seconds:ratio_rate5m",
                      "port_direction:tcplife_session_duration_seconds:ratio_rate1h"):
-            seen = prometheus.wait_for(f'abs({name}{{port="{port}"}} - {share}) < 1e-9',
+            seen = prometheus.wait_for(f'abs({name}{{port="{port}"}} - {share}) < 1e-9 and '
+                                       f'timestamp({name}{{port="{port}"}}) > {counted_at}',
                                        timeout=90)
             assert len(seen) == 2, (name, share, prometheus.query(f'{name}{{port="{port}"}}'))
         yield prometheus, str(port)
